@@ -1,0 +1,76 @@
+"""tieredstore: conversation state for LLM apps, in memory, Redis and PostgreSQL.
+
+The memory store and the data model import nothing heavy; the Redis, archive
+and tiered stores are imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tieredstore.base import BaseStore, StateStore
+from tieredstore.config import Limits
+from tieredstore.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    InvalidMessage,
+    InvalidSessionId,
+    LockTimeout,
+    PayloadTooLarge,
+    SessionExists,
+    SessionNotFound,
+    TieredStoreError,
+    VersionConflict,
+)
+from tieredstore.model import FrozenDict, FrozenList, Message, Page, Session
+from tieredstore.tiers.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from tieredstore.migrate import migrate
+    from tieredstore.tiers.archive import ArchiveStore
+    from tieredstore.tiers.redis import RedisStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchiveStore",
+    "BackendUnavailable",
+    "BaseStore",
+    "FrozenDict",
+    "FrozenList",
+    "InvalidInput",
+    "InvalidMessage",
+    "InvalidSessionId",
+    "Limits",
+    "LockTimeout",
+    "MemoryStore",
+    "Message",
+    "Page",
+    "PayloadTooLarge",
+    "RedisStore",
+    "Session",
+    "SessionExists",
+    "SessionNotFound",
+    "StateStore",
+    "TieredStoreError",
+    "VersionConflict",
+    "__version__",
+    "migrate",
+]
+
+_LAZY = {
+    "ArchiveStore": "tieredstore.tiers.archive",
+    "RedisStore": "tieredstore.tiers.redis",
+    "migrate": "tieredstore.migrate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'tieredstore' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value

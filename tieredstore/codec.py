@@ -1,0 +1,91 @@
+"""The one codec every tier uses: orjson, plus the compact hot-tier entry format.
+
+A hot-tier entry is ``<kind><unix-ms>:<json>``: one byte of message kind (see
+:mod:`tieredstore.policy`, so the Redis trim script need not decode JSON), the
+write time in milliseconds, then the message exactly as encoded.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from tieredstore.errors import InvalidInput, InvalidMessage
+from tieredstore.model import FrozenDict, Message, freeze_json
+
+__all__ = [
+    "decode_cursor",
+    "decode_entry",
+    "decode_json",
+    "decode_message",
+    "encode_cursor",
+    "encode_entry",
+    "encode_json",
+    "encode_message",
+]
+
+
+def encode_json(value: Any) -> bytes:
+    """Encode validated JSON; raises :class:`InvalidMessage` for what JSON can't hold."""
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise InvalidMessage(f"not JSON-serialisable: {exc}") from exc
+
+
+def decode_json(data: bytes | bytearray | memoryview | str) -> Any:
+    """Decode stored JSON into frozen values."""
+    return freeze_json(orjson.loads(data))
+
+
+def decode_object(data: bytes | bytearray | memoryview | str) -> FrozenDict:
+    value = decode_json(data)
+    if not isinstance(value, FrozenDict):
+        raise InvalidMessage("stored value is not a JSON object")
+    return value
+
+
+encode_message = encode_json
+
+
+def decode_message(data: bytes | bytearray | memoryview | str) -> Message:
+    """Decode one stored message (trusted: it was validated when written)."""
+    return Message._trusted(orjson.loads(data))
+
+
+def encode_entry(kind: str, timestamp_ms: int, payload: bytes) -> bytes:
+    return b"%b%d:%b" % (kind.encode("ascii"), timestamp_ms, payload)
+
+
+def entry_prefix(kind: str, timestamp_ms: int) -> bytes:
+    return b"%b%d:" % (kind.encode("ascii"), timestamp_ms)
+
+
+def decode_entry(entry: bytes) -> tuple[str, int, Message]:
+    """Split a hot-tier entry into (kind, unix-ms, message)."""
+    colon = entry.index(b":", 1)
+    message = decode_message(memoryview(entry)[colon + 1 :])
+    return chr(entry[0]), int(entry[1:colon]), message
+
+
+def entry_payload(entry: bytes) -> memoryview:
+    """The encoded message inside an entry, without copying it."""
+    return memoryview(entry)[entry.index(b":", 1) + 1 :]
+
+
+def encode_cursor(score: int, member: str) -> str:
+    raw = f"{score}:{member}".encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """Parse a cursor made by :func:`encode_cursor`; raises :class:`InvalidInput`."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = base64.urlsafe_b64decode(padded.encode("ascii")).decode()
+        score, member = raw.split(":", 1)
+        return int(score), member
+    except (ValueError, UnicodeError) as exc:
+        raise InvalidInput(f"malformed cursor: {cursor!r}") from exc

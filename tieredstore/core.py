@@ -1,0 +1,203 @@
+"""The I/O-free core every store shares: validation, prepared writes, TTLs.
+
+Stores call these before touching a backend, so bad input is rejected before
+anything is written, with the same error from every tier.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from tieredstore.codec import encode_json
+from tieredstore.config import Limits
+from tieredstore.errors import InvalidInput, InvalidMessage, InvalidSessionId, PayloadTooLarge
+from tieredstore.model import FrozenDict, Message, MessageLike, validate_json_object
+from tieredstore.policy import message_kind
+
+__all__ = [
+    "Batch",
+    "Clock",
+    "Order",
+    "TTLLike",
+    "check_limit",
+    "check_order",
+    "check_session_id",
+    "check_user_id",
+    "from_ms",
+    "prepare_batch",
+    "prepare_metadata",
+    "resolve_ttl_ms",
+    "to_ms",
+]
+
+Clock = Callable[[], float]
+TTLLike = timedelta | int | float
+Order = Literal["desc", "asc"]
+
+# No whitespace, no control characters, nothing that is special in Redis key
+# patterns or hash tags ({ } [ ] * ? \), at most the configured length.
+_UNSAFE_ID_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f{}\[\]*?\\\u2028\u2029\ufeff]")
+
+
+def check_session_id(session_id: object, limits: Limits, what: str = "session id") -> str:
+    if not isinstance(session_id, str):
+        raise InvalidSessionId(f"{what} must be a string, got {type(session_id).__name__}")
+    if not session_id:
+        raise InvalidSessionId(f"{what} must not be empty")
+    if len(session_id) > limits.max_session_id_length:
+        raise InvalidSessionId(
+            f"{what} is {len(session_id)} characters; the limit is {limits.max_session_id_length}"
+        )
+    bad = _UNSAFE_ID_CHARS.search(session_id)
+    if bad:
+        raise InvalidSessionId(f"{what} {session_id!r} holds an unsafe character {bad.group()!r}")
+    return session_id
+
+
+def check_user_id(user_id: object, limits: Limits) -> str | None:
+    if user_id is None:
+        return None
+    return check_session_id(user_id, limits, what="user id")
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Messages validated, frozen and encoded once, ready for any tier."""
+
+    messages: tuple[Message, ...]
+    payloads: tuple[bytes, ...]
+    kinds: str
+    nbytes: int
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+EMPTY_BATCH = Batch((), (), "", 0)
+
+
+def prepare_batch(messages: Iterable[MessageLike], limits: Limits) -> Batch:
+    if isinstance(messages, Mapping | str | bytes):
+        raise InvalidMessage("messages must be a sequence of messages, not a single value")
+    frozen: list[Message] = []
+    payloads: list[bytes] = []
+    kinds: list[str] = []
+    total = 0
+    for index, raw in enumerate(messages):
+        if len(frozen) >= limits.max_messages_per_call:
+            raise PayloadTooLarge(
+                f"more than {limits.max_messages_per_call} messages in one call"
+            )
+        try:
+            message = Message.of(raw)
+        except InvalidMessage as exc:
+            raise InvalidMessage(f"message {index}: {exc}") from None
+        payload = encode_json(message)
+        if len(payload) > limits.max_message_bytes:
+            raise PayloadTooLarge(
+                f"message {index} is {len(payload)} bytes; the limit is {limits.max_message_bytes}"
+            )
+        total += len(payload)
+        if total > limits.max_call_bytes:
+            raise PayloadTooLarge(f"the call exceeds {limits.max_call_bytes} bytes")
+        frozen.append(message)
+        payloads.append(payload)
+        kinds.append(message_kind(message))
+    return Batch(tuple(frozen), tuple(payloads), "".join(kinds), total)
+
+
+def prepare_metadata(metadata: Mapping[str, Any] | None, limits: Limits) -> FrozenDict | None:
+    """Validate session metadata (a JSON object); ``None`` stays ``None``."""
+    if metadata is None:
+        return None
+    frozen = validate_json_object(metadata, "metadata")
+    _check_no_nul(frozen)
+    size = len(encode_json(frozen))
+    if size > limits.max_metadata_bytes:
+        raise PayloadTooLarge(
+            f"metadata is {size} bytes; the limit is {limits.max_metadata_bytes}"
+        )
+    return frozen
+
+
+def _check_no_nul(value: Any) -> None:
+    # PostgreSQL JSONB cannot hold U+0000; reject it in every store alike.
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidMessage("metadata strings must not contain U+0000")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_no_nul(key)
+            _check_no_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_no_nul(item)
+
+
+def merge_metadata(current: Mapping[str, Any], updates: Mapping[str, Any]) -> FrozenDict:
+    """Top-level JSON merge patch (RFC 7386): ``None`` removes a key."""
+    merged = dict(current)
+    for key, value in updates.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return FrozenDict(merged)
+
+
+def resolve_ttl_ms(ttl: TTLLike | None, default: TTLLike | None) -> int | None:
+    """The TTL of one write in milliseconds, or ``None`` to leave expiry alone."""
+    chosen = ttl if ttl is not None else default
+    if chosen is None:
+        return None
+    seconds = chosen.total_seconds() if isinstance(chosen, timedelta) else float(chosen)
+    if not seconds > 0:
+        raise InvalidInput(f"ttl must be positive, got {chosen!r}")
+    return max(int(seconds * 1000), 1)
+
+
+def check_limit(value: object, name: str = "limit", maximum: int = 10_000) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidInput(f"{name} must be an integer between 1 and {maximum}, got {value!r}")
+    return value
+
+
+def check_last(last: object) -> int | None:
+    if last is None:
+        return None
+    if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+        raise InvalidInput(f"last must be a non-negative integer, got {last!r}")
+    return last
+
+
+def check_expected_version(expected: object) -> int | None:
+    if expected is None:
+        return None
+    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+        raise InvalidInput(f"expected_version must be a non-negative integer, got {expected!r}")
+    return expected
+
+
+def check_order(order: object) -> Order:
+    if order not in ("desc", "asc"):
+        raise InvalidInput(f"order must be 'desc' or 'asc', got {order!r}")
+    return order  # type: ignore[return-value]
+
+
+def to_ms(moment: float) -> int:
+    return int(moment * 1000)
+
+
+def from_ms(ms: int | None) -> datetime | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def system_clock() -> float:
+    return time.time()

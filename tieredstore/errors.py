@@ -1,0 +1,100 @@
+"""Typed errors raised by every tieredstore store.
+
+::
+
+    TieredStoreError
+    ├── SessionNotFound          the session does not exist (or has expired)
+    ├── SessionExists            a session that must be new already exists (fork)
+    ├── VersionConflict          expected_version did not match; nothing was written
+    ├── LockTimeout              a session lock could not be acquired in time
+    ├── InvalidInput             bad input, rejected before anything is written
+    │   ├── InvalidSessionId     malformed session or user id
+    │   ├── InvalidMessage       not a JSON object with a string ``role``
+    │   └── PayloadTooLarge      a message, call or metadata blob over its limit
+    └── BackendUnavailable       Redis / the database could not be reached
+                                 (the driver's exception is ``__cause__``)
+
+Drivers' exceptions never leak: each tier translates them at its boundary and
+raises one of these ``from`` the original.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailable",
+    "InvalidInput",
+    "InvalidMessage",
+    "InvalidSessionId",
+    "LockTimeout",
+    "PayloadTooLarge",
+    "SessionExists",
+    "SessionNotFound",
+    "TieredStoreError",
+    "VersionConflict",
+]
+
+
+class TieredStoreError(Exception):
+    """Base class of every error raised by tieredstore."""
+
+
+class SessionNotFound(TieredStoreError, KeyError):
+    """The session does not exist in any tier, or it has expired."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+    def __str__(self) -> str:
+        return f"session not found: {self.session_id!r}"
+
+
+class SessionExists(TieredStoreError):
+    """A session that must not exist yet (for example a fork target) exists."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session already exists: {session_id!r}")
+        self.session_id = session_id
+
+
+class VersionConflict(TieredStoreError):
+    """``expected_version`` did not match the stored version; nothing was written."""
+
+    def __init__(self, session_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"version conflict on {session_id!r}: expected {expected}, found {actual}"
+        )
+        self.session_id = session_id
+        self.expected = expected
+        self.actual = actual
+
+
+class LockTimeout(TieredStoreError):
+    """The session lock could not be acquired within ``blocking_timeout``."""
+
+
+class InvalidInput(TieredStoreError, ValueError):
+    """Input rejected by validation before anything was written."""
+
+
+class InvalidSessionId(InvalidInput):
+    """A session id or user id is empty, too long, or holds unsafe characters."""
+
+
+class InvalidMessage(InvalidInput):
+    """A message is not a JSON object with a string ``role``, or is not JSON-safe."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A message, a call, or a metadata object exceeds its configured limit."""
+
+
+class BackendUnavailable(TieredStoreError, ConnectionError):
+    """A backing server (Redis, the database) could not be reached or failed.
+
+    The driver's own exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, backend: str, detail: str) -> None:
+        super().__init__(f"{backend} unavailable: {detail}")
+        self.backend = backend
