@@ -9,6 +9,7 @@ same error from every tier.
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -217,7 +218,7 @@ class BaseStore(ABC):
     ) -> None:
         self.close()
 
-    def _close(self) -> None:
+    def _close(self) -> None:  # noqa: B027 - optional hook, most stores need it
         """Backend hook for :meth:`close`."""
 
     def _sid(self, session_id: str) -> str:
@@ -243,7 +244,7 @@ class BaseStore(ABC):
     ) -> int: ...
 
     @abstractmethod
-    def _load(self, sid: str, last: int | None) -> list[Message]: ...
+    def _load(self, sid: str, last: int | None) -> builtins.list[Message]: ...
 
     @abstractmethod
     def _get(self, sid: str, last: int | None) -> Session: ...

@@ -90,9 +90,7 @@ def prepare_batch(messages: Iterable[MessageLike], limits: Limits) -> Batch:
     total = 0
     for index, raw in enumerate(messages):
         if len(frozen) >= limits.max_messages_per_call:
-            raise PayloadTooLarge(
-                f"more than {limits.max_messages_per_call} messages in one call"
-            )
+            raise PayloadTooLarge(f"more than {limits.max_messages_per_call} messages in one call")
         try:
             message = Message.of(raw)
         except InvalidMessage as exc:
@@ -119,9 +117,7 @@ def prepare_metadata(metadata: Mapping[str, Any] | None, limits: Limits) -> Froz
     _check_no_nul(frozen)
     size = len(encode_json(frozen))
     if size > limits.max_metadata_bytes:
-        raise PayloadTooLarge(
-            f"metadata is {size} bytes; the limit is {limits.max_metadata_bytes}"
-        )
+        raise PayloadTooLarge(f"metadata is {size} bytes; the limit is {limits.max_metadata_bytes}")
     return frozen
 
 
@@ -186,7 +182,7 @@ def check_expected_version(expected: object) -> int | None:
 def check_order(order: object) -> Order:
     if order not in ("desc", "asc"):
         raise InvalidInput(f"order must be 'desc' or 'asc', got {order!r}")
-    return order  # type: ignore[return-value]
+    return order
 
 
 def to_ms(moment: float) -> int:

@@ -61,9 +61,7 @@ class VersionConflict(TieredStoreError):
     """``expected_version`` did not match the stored version; nothing was written."""
 
     def __init__(self, session_id: str, expected: int, actual: int) -> None:
-        super().__init__(
-            f"version conflict on {session_id!r}: expected {expected}, found {actual}"
-        )
+        super().__init__(f"version conflict on {session_id!r}: expected {expected}, found {actual}")
         self.session_id = session_id
         self.expected = expected
         self.actual = actual

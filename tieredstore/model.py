@@ -47,7 +47,7 @@ class FrozenDict(dict[str, Any]):
     __slots__ = ()
     __setitem__ = __delitem__ = _immutable
     clear = pop = popitem = setdefault = update = _immutable
-    __ior__ = _immutable  # type: ignore[assignment]
+    __ior__ = _immutable
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (dict(self),))
@@ -67,9 +67,9 @@ class FrozenList(list[Any]):
     """A JSON array that cannot be mutated (a ``list`` for every reader)."""
 
     __slots__ = ()
-    __setitem__ = __delitem__ = _immutable  # type: ignore[assignment]
+    __setitem__ = __delitem__ = _immutable
     append = extend = insert = pop = remove = reverse = sort = clear = _immutable
-    __iadd__ = __imul__ = _immutable  # type: ignore[assignment]
+    __iadd__ = __imul__ = _immutable
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (list(self),))
@@ -91,7 +91,7 @@ class Message(FrozenDict):
 
     __slots__ = ()
 
-    def __init__(self, role: str, content: Any = None, /, **fields: Any) -> None:
+    def __init__(self, role: str, content: Any = None, **fields: Any) -> None:
         fields = {"role": role, "content": content, **fields}
         dict.__init__(self, _validated_object(fields, "message"))
         _check_role(self)

@@ -20,7 +20,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["KIND_OTHER", "KIND_SYSTEM", "KIND_TOOL_RESULT", "leading_system", "message_kind", "plan_trim"]
+__all__ = [
+    "KIND_OTHER",
+    "KIND_SYSTEM",
+    "KIND_TOOL_RESULT",
+    "leading_system",
+    "message_kind",
+    "plan_trim",
+]
 
 KIND_SYSTEM = "s"
 KIND_TOOL_RESULT = "t"
@@ -54,7 +61,9 @@ def leading_system(kinds: Sequence[str]) -> int:
     return count
 
 
-def plan_trim(kinds: Sequence[str], max_messages: int | None, lead: int | None = None) -> tuple[int, int]:
+def plan_trim(
+    kinds: Sequence[str], max_messages: int | None, lead: int | None = None
+) -> tuple[int, int]:
     """Return ``(lead, drop)``: keep ``kinds[:lead]``, drop ``kinds[lead:lead + drop]``.
 
     At least the newest message survives the count rule (before the tool-result

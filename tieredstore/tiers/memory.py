@@ -221,9 +221,9 @@ class MemoryStore(BaseStore):
         return SessionEntry(
             messages=messages,
             kinds=kinds,
-            metadata=metadata if metadata is not None else (
-                previous.metadata if previous else EMPTY_METADATA
-            ),
+            metadata=metadata
+            if metadata is not None
+            else (previous.metadata if previous else EMPTY_METADATA),
             user_id=user_id if user_id is not None else (previous.user_id if previous else None),
             created_ms=previous.created_ms if previous else now_ms,
             updated_ms=max(now_ms, previous.updated_ms) if previous else now_ms,
@@ -360,8 +360,9 @@ class MemoryStore(BaseStore):
         if order == "desc":
             if cursor is None:
                 return iter(reversed(index))
-            return iter(index.irange(maximum=decode_cursor(cursor), inclusive=(True, False),
-                                     reverse=True))
+            return iter(
+                index.irange(maximum=decode_cursor(cursor), inclusive=(True, False), reverse=True)
+            )
         if cursor is None:
             return iter(index)
         return iter(index.irange(minimum=decode_cursor(cursor), inclusive=(False, True)))
