@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
+MAX_TTL_MS = 1000 * 365 * 86_400_000
 TTLLike = timedelta | int | float
 Order = Literal["desc", "asc"]
 
@@ -154,6 +155,8 @@ def resolve_ttl_ms(ttl: TTLLike | None, default: TTLLike | None) -> int | None:
     seconds = chosen.total_seconds() if isinstance(chosen, timedelta) else float(chosen)
     if not seconds > 0:
         raise InvalidInput(f"ttl must be positive, got {chosen!r}")
+    if seconds * 1000 > MAX_TTL_MS:
+        raise InvalidInput(f"ttl must be at most {MAX_TTL_MS // 1000} seconds, got {chosen!r}")
     return max(int(seconds * 1000), 1)
 
 
