@@ -1,0 +1,113 @@
+"""The archive's tables, declared once for :class:`ArchiveStore` and for Alembic.
+
+Tables exist only through the migrations in ``migrations/`` (run
+:func:`tieredstore.migrate`); ``alembic check`` compares this metadata against
+a migrated database, so the two never drift.
+
+Times are ``BIGINT`` unix milliseconds (``*_ms``): ordering and list cursors
+are then exact and identical on PostgreSQL and SQLite. For ad-hoc queries use
+``to_timestamp(updated_ms / 1000.0)`` (PostgreSQL) or
+``datetime(updated_ms / 1000, 'unixepoch')`` (SQLite).
+
+A message row keeps the exact encoded bytes of the message in ``payload``
+(``JSONB`` would reorder keys and reject U+0000); ``kind`` is its trim-policy
+kind (see :mod:`tieredstore.policy`), ``content_text`` the plain text of its
+content for search. ``seq`` numbers a session's messages for life: it only
+grows, so a ``save`` writes after the last seq ever used.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+__all__ = [
+    "MESSAGES",
+    "SESSIONS",
+    "TABLE_PREFIX",
+    "VERSION_TABLE",
+    "messages",
+    "metadata",
+    "normalize_url",
+    "sessions",
+]
+
+TABLE_PREFIX = "tieredstore_"
+SESSIONS = TABLE_PREFIX + "sessions"
+MESSAGES = TABLE_PREFIX + "messages"
+#: Alembic's revision table for tieredstore (apart from an app's ``alembic_version``).
+VERSION_TABLE = TABLE_PREFIX + "alembic_version"
+
+#: Deterministic constraint names, so migrations can refer to them.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+#: ``JSON`` everywhere, ``JSONB`` on PostgreSQL (indexable, compact).
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+#: Identifiers compare by code point everywhere (``COLLATE "C"`` on PostgreSQL,
+#: SQLite's default ``BINARY``), as Python and Redis order them: list cursors
+#: then mean the same thing in every tier, and index comparisons are memcmp.
+IdType = sa.String().with_variant(sa.String(collation="C"), "postgresql")
+
+sessions = sa.Table(
+    SESSIONS,
+    metadata,
+    sa.Column("namespace", IdType, nullable=False),
+    sa.Column("session_id", IdType, nullable=False),
+    sa.Column("user_id", IdType, nullable=True),
+    sa.Column("metadata", JSONType, nullable=False),
+    sa.Column("created_ms", sa.BigInteger(), nullable=False),
+    sa.Column("updated_ms", sa.BigInteger(), nullable=False),
+    sa.Column("expires_ms", sa.BigInteger(), nullable=True),
+    sa.Column("ttl_ms", sa.BigInteger(), nullable=True),
+    sa.Column("version", sa.BigInteger(), nullable=False),
+    sa.Column("message_count", sa.Integer(), nullable=False),
+    sa.Column("next_seq", sa.BigInteger(), nullable=False),
+    # The first seq of the current history (the last save replaced all before it).
+    sa.Column("base_seq", sa.BigInteger(), nullable=False),
+    # How many messages at the start of the history are system messages.
+    sa.Column("lead", sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint("namespace", "session_id"),
+    # list(): keyset pagination by last activity, per namespace and per user.
+    sa.Index("ix_tieredstore_sessions_activity", "namespace", "updated_ms", "session_id"),
+    sa.Index("ix_tieredstore_sessions_user", "namespace", "user_id", "updated_ms", "session_id"),
+    # expiry scans (maintenance) and idle-archival queries.
+    sa.Index("ix_tieredstore_sessions_expiry", "namespace", "expires_ms"),
+)
+
+messages = sa.Table(
+    MESSAGES,
+    metadata,
+    sa.Column("namespace", IdType, nullable=False),
+    sa.Column("session_id", IdType, nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("created_ms", sa.BigInteger(), nullable=False),
+    sa.Column("role", sa.String(), nullable=False),
+    sa.Column("kind", sa.String(1), nullable=False),
+    sa.Column("payload", sa.LargeBinary(), nullable=False),
+    sa.Column("content_text", sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint("namespace", "session_id", "seq"),
+    sa.ForeignKeyConstraint(
+        ["namespace", "session_id"],
+        [f"{SESSIONS}.namespace", f"{SESSIONS}.session_id"],
+        ondelete="CASCADE",
+    ),
+    # messages by time (archival, retention and analytics queries).
+    sa.Index("ix_tieredstore_messages_created", "namespace", "created_ms"),
+)
+
+
+def normalize_url(url: str | sa.URL) -> sa.URL:
+    """Parse ``url``; plain ``postgresql://``/``postgres://`` means psycopg 3."""
+    parsed = sa.make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed

@@ -1,0 +1,1278 @@
+"""``ArchiveStore``: the durable tier, on PostgreSQL (psycopg 3) or SQLite via SQLAlchemy 2.
+
+One row per session in ``tieredstore_sessions`` and one row per message in
+``tieredstore_messages`` (see :mod:`tieredstore.schema`); a message row holds
+the message's exact encoded bytes, so it loads back unchanged. The tables come
+only from the Alembic migrations: run :func:`tieredstore.migrate` first.
+
+Every write locks the session row before it touches messages, so concurrent
+appends to one session serialise and never lose or reorder messages. On
+PostgreSQL an append to a live session is a single statement (``UPDATE ...
+RETURNING`` feeding an ``INSERT`` in one CTE, outside any transaction), so the
+row lock is held only while the server runs it; everything else is one
+transaction starting with ``SELECT ... FOR UPDATE``. Reads of several
+statements run in a ``REPEATABLE READ`` snapshot. On SQLite writes run in
+``BEGIN IMMEDIATE`` transactions and reads in one deferred transaction (a
+snapshot in WAL mode).
+
+On SQLite the store adds a ``begin`` hook to the engine: each connection gets
+WAL, ``busy_timeout``, ``synchronous=NORMAL`` and enforced foreign keys, and
+SQLAlchemy (not the ``sqlite3`` module) emits ``BEGIN``.
+
+Seqs number a session's messages for life (see :mod:`tieredstore.tiers.transfer`);
+besides the store contract, the methods under "the tiered layer" return write
+receipts and snapshots, and apply writes made in another tier by seq.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tieredstore.base import BaseStore
+from tieredstore.codec import decode_cursor, decode_message, encode_cursor, encode_json
+from tieredstore.core import (
+    Batch,
+    Order,
+    check_session_id,
+    from_ms,
+    merge_metadata,
+    to_ms,
+)
+from tieredstore.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    SessionExists,
+    SessionNotFound,
+    VersionConflict,
+)
+from tieredstore.model import EMPTY_METADATA, FrozenDict, Message, Page, Session, freeze_json
+from tieredstore.policy import KIND_SYSTEM, leading_system, plan_trim
+from tieredstore.schema import messages as MESSAGES
+from tieredstore.schema import normalize_url
+from tieredstore.schema import sessions as SESSIONS
+
+if TYPE_CHECKING:
+    from tieredstore.tiers.transfer import Snapshot, WriteReceipt
+
+__all__ = ["ArchiveStore", "create_engine"]
+
+T = TypeVar("T")
+
+_S = SESSIONS.c
+_M = MESSAGES.c
+_SESSION_COLUMNS = (
+    _S.user_id,
+    _S["metadata"],
+    _S.created_ms,
+    _S.updated_ms,
+    _S.expires_ms,
+    _S.ttl_ms,
+    _S.version,
+    _S.message_count,
+    _S.next_seq,
+    _S.base_seq,
+    _S.lead,
+)
+_RECEIPT_COLUMNS = (
+    _S.version,
+    _S.next_seq,
+    _S.message_count,
+    _S.created_ms,
+    _S.updated_ms,
+    _S.expires_ms,
+    _S.ttl_ms,
+)
+
+# Statements are built once with named parameters (ns, sid, now, ...): building
+# SQLAlchemy expressions per call costs more than the round trip it makes.
+_NS: sa.BindParameter[str] = sa.bindparam("ns")
+_SID: sa.BindParameter[str] = sa.bindparam("sid")
+_NOW: sa.BindParameter[int] = sa.bindparam("now")
+_KEY = sa.and_(_S.namespace == _NS, _S.session_id == _SID)
+_MKEY = sa.and_(_M.namespace == _NS, _M.session_id == _SID)
+_LIVE = sa.or_(_S.expires_ms.is_(None), _S.expires_ms > _NOW)
+_LAST = sa.bindparam("last", type_=sa.Integer())
+
+_SELECT_LIVE = sa.select(*_SESSION_COLUMNS).where(_KEY, _LIVE)
+_LOCK_ROW = sa.select(*_SESSION_COLUMNS).where(_KEY).with_for_update()
+_SHARE_LIVE = _SELECT_LIVE.with_for_update(read=True)
+_EXISTS = sa.select(sa.literal(1)).where(_KEY, _LIVE)
+_COUNT = sa.select(_S.message_count).where(_KEY, _LIVE)
+_UPDATE_ROW = sa.update(SESSIONS).where(_KEY)  # SET columns come from the parameters
+_DELETE_ROW = sa.delete(SESSIONS).where(_KEY).returning(_S.expires_ms)
+_SLIDE = (
+    sa.update(SESSIONS)
+    .where(_KEY, _LIVE)
+    .values(expires_ms=sa.case((_S.ttl_ms.is_(None), _S.expires_ms), else_=_S.ttl_ms + _NOW))
+    .returning(*_SESSION_COLUMNS)
+)
+
+_PAYLOADS = sa.select(_M.payload).where(_MKEY)
+_PAYLOADS_ALL = _PAYLOADS.order_by(_M.seq)
+_PAYLOADS_LAST = _PAYLOADS.order_by(_M.seq.desc()).limit(_LAST)
+# load(): one statement, one snapshot: the messages, if the session is live.
+_LIVE_PAYLOADS = _PAYLOADS.where(sa.exists().where(_KEY, _LIVE))
+_LIVE_PAYLOADS_ALL = _LIVE_PAYLOADS.order_by(_M.seq)
+_LIVE_PAYLOADS_LAST = _LIVE_PAYLOADS.order_by(_M.seq.desc()).limit(_LAST)
+_SEQ_KINDS = sa.select(_M.seq, _M.kind).where(_MKEY).order_by(_M.seq)
+_SNAPSHOT_ALL = sa.select(_M.seq, _M.kind, _M.payload).where(_MKEY).order_by(_M.seq)
+_SNAPSHOT_LAST = (
+    sa.select(_M.seq, _M.kind, _M.payload).where(_MKEY).order_by(_M.seq.desc()).limit(_LAST)
+)
+_HISTORY = (
+    sa.select(_M.seq, _M.payload)
+    .where(_MKEY, sa.exists().where(_KEY, _LIVE))
+    .order_by(_M.seq.desc())
+    .limit(_LAST)
+)
+_HISTORY_BEFORE = _HISTORY.where(_M.seq < sa.bindparam("before"))
+# How many messages open the history with system messages (see policy.leading_system).
+_FIRST_OTHER = sa.select(sa.func.min(_M.seq)).where(_MKEY, _M.kind != KIND_SYSTEM).scalar_subquery()
+_LEAD = sa.select(sa.func.count()).where(
+    _MKEY, sa.or_(_FIRST_OTHER.is_(None), _M.seq < _FIRST_OTHER)
+)
+_DELETE_MESSAGES = sa.delete(MESSAGES).where(_MKEY)
+_DELETE_MESSAGE_RANGE = sa.delete(MESSAGES).where(
+    _MKEY, _M.seq.between(sa.bindparam("low"), sa.bindparam("high"))
+)
+_DELETE_MESSAGES_BEFORE = sa.delete(MESSAGES).where(_MKEY, _M.seq < sa.bindparam("base"))
+_COPY_MESSAGES = MESSAGES.insert().from_select(
+    [c.name for c in MESSAGES.columns],
+    sa.select(
+        _M.namespace,
+        sa.bindparam("dst", type_=_M.session_id.type),
+        _M.seq,
+        _M.created_ms,
+        _M.role,
+        _M.kind,
+        _M.payload,
+        _M.content_text,
+    ).where(_MKEY),
+)
+_INSERT_MESSAGES = MESSAGES.insert()
+_INSERT_NEW_MESSAGES_SQLITE = sqlite.insert(MESSAGES).on_conflict_do_nothing()
+
+# PostgreSQL: a whole batch as one statement over arrays (far faster than executemany).
+_PG_UNNEST = (
+    "unnest(CAST(:idx AS bigint[]), CAST(:roles AS varchar[]), CAST(:kinds AS varchar[]), "
+    "CAST(:payloads AS bytea[]), CAST(:texts AS text[])) AS u(i, role, kind, payload, text)"
+)
+_PG_COLUMNS = "(namespace, session_id, seq, created_ms, role, kind, payload, content_text)"
+_PG_INSERT = (
+    f"INSERT INTO {MESSAGES.name} {_PG_COLUMNS} "
+    f"SELECT :ns, :sid, u.i, :now, u.role, u.kind, u.payload, u.text FROM {_PG_UNNEST}"
+)
+_INSERT_MESSAGES_PG = sa.text(_PG_INSERT)
+_INSERT_NEW_MESSAGES_PG = sa.text(_PG_INSERT + " ON CONFLICT DO NOTHING")
+
+
+def _pg_append_statement(with_ttl: bool, with_version: bool) -> sa.TextClause:
+    """PostgreSQL append as one statement: bump a live session and insert its messages.
+
+    Run outside a transaction, the row lock is held only while the server runs
+    it, so concurrent appends to one session queue on the server, not on
+    client round trips. No row back means missing, expired or a version
+    mismatch: the caller then takes the transactional path.
+    """
+    ttl = ", ttl_ms = :ttl, expires_ms = :expires" if with_ttl else ""
+    version = " AND version = :expected" if with_version else ""
+    return sa.text(
+        f"WITH s AS (UPDATE {SESSIONS.name} SET version = version + 1, "
+        "message_count = message_count + :n, next_seq = next_seq + :n, "
+        "updated_ms = GREATEST(updated_ms, :now), "
+        f"lead = CASE WHEN lead = message_count THEN lead + :batch_lead ELSE lead END{ttl} "
+        "WHERE namespace = :ns AND session_id = :sid "
+        f"AND (expires_ms IS NULL OR expires_ms > :now){version} "
+        "RETURNING version, next_seq, message_count, created_ms, updated_ms, expires_ms, ttl_ms), "
+        f"m AS (INSERT INTO {MESSAGES.name} {_PG_COLUMNS} "
+        "SELECT :ns, :sid, s.next_seq - :n + u.i, :now, u.role, u.kind, u.payload, u.text "
+        f"FROM s, {_PG_UNNEST}) "
+        "SELECT * FROM s"
+    )
+
+
+_PG_APPEND = {
+    (ttl, version): _pg_append_statement(ttl, version)
+    for ttl in (False, True)
+    for version in (False, True)
+}
+
+
+def _append_statement(with_ttl: bool, with_version: bool) -> Any:
+    """``UPDATE ... RETURNING`` that locks, checks and bumps a live session."""
+    values: dict[str, Any] = {
+        "version": _S.version + 1,
+        "message_count": _S.message_count + sa.bindparam("n"),
+        "next_seq": _S.next_seq + sa.bindparam("n"),
+        "updated_ms": sa.case((_S.updated_ms > _NOW, _S.updated_ms), else_=_NOW),
+        "lead": sa.case(
+            (_S.lead == _S.message_count, _S.lead + sa.bindparam("batch_lead")),
+            else_=_S.lead,
+        ),
+    }
+    if with_ttl:
+        values["ttl_ms"] = sa.bindparam("ttl")
+        values["expires_ms"] = sa.bindparam("expires")
+    stmt = sa.update(SESSIONS).where(_KEY, _LIVE)
+    if with_version:
+        stmt = stmt.where(_S.version == sa.bindparam("expected"))
+    return stmt.values(**values).returning(*_RECEIPT_COLUMNS)
+
+
+_APPEND = {
+    (ttl, version): _append_statement(ttl, version)
+    for ttl in (False, True)
+    for version in (False, True)
+}
+
+
+def _list_statement(order: Order, with_cursor: bool, with_user: bool) -> Any:
+    stmt = sa.select(_S.updated_ms, _S.session_id).where(_S.namespace == _NS, _LIVE)
+    if with_user:
+        stmt = stmt.where(_S.user_id == sa.bindparam("user"))
+    key = sa.tuple_(_S.updated_ms, _S.session_id)
+    after = sa.tuple_(sa.bindparam("after_ms"), sa.bindparam("after_sid"))
+    if order == "desc":
+        if with_cursor:
+            stmt = stmt.where(key < after)
+        stmt = stmt.order_by(_S.updated_ms.desc(), _S.session_id.desc())
+    else:
+        if with_cursor:
+            stmt = stmt.where(key > after)
+        stmt = stmt.order_by(_S.updated_ms, _S.session_id)
+    return stmt.limit(_LAST)
+
+
+_LIST = {
+    (order, cursor, user): _list_statement(order, cursor, user)
+    for order in ("desc", "asc")
+    for cursor in (False, True)
+    for user in (False, True)
+}
+
+_MAX_ATTEMPTS = 8
+# SQLSTATEs worth retrying the whole transaction for: serialization failure, deadlock.
+_RETRY_SQLSTATES = frozenset({"40001", "40P01"})
+# SQLSTATEs that mean the schema is missing or older than this code.
+_SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})
+
+_SQLITE_CONFIGURED = "tieredstore_sqlite_configured"
+_SQLITE_BEGIN = "tieredstore_sqlite_begin"
+_SQLITE_PRAGMAS = (
+    "PRAGMA busy_timeout = 30000",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",
+)
+
+
+class _Retry(Exception):
+    """Raised inside a transaction to run it again (a concurrent create won a race)."""
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def create_engine(url: str | sa.URL, **engine_options: Any) -> sa.Engine:
+    """An engine for the archive; a plain ``postgresql://`` URL means psycopg 3.
+
+    JSON columns use orjson. ``engine_options`` go to :func:`sqlalchemy.create_engine`.
+    """
+    parsed = normalize_url(url)
+    engine_options.setdefault("json_serializer", _json_dumps)
+    engine_options.setdefault("json_deserializer", orjson.loads)
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        # Fail an unreachable server in seconds instead of hanging on the OS timeout.
+        connect_args = dict(engine_options.get("connect_args") or {})
+        connect_args.setdefault("connect_timeout", 10)
+        engine_options["connect_args"] = connect_args
+    return sa.create_engine(parsed, **engine_options)
+
+
+def _sqlite_on_begin(conn: sa.Connection) -> None:
+    """Configure a SQLite connection once, then emit our own ``BEGIN``.
+
+    ``sqlite3`` would begin lazily (and never for a SELECT); we begin explicitly,
+    ``IMMEDIATE`` for writes so the write lock is taken before the session row is
+    read, which is what makes read-modify-write transactions safe.
+    """
+    fairy = conn.connection
+    if not fairy.info.get(_SQLITE_CONFIGURED):
+        dbapi = fairy.driver_connection
+        assert dbapi is not None
+        dbapi.isolation_level = None
+        for pragma in _SQLITE_PRAGMAS:
+            dbapi.execute(pragma).fetchall()
+        fairy.info[_SQLITE_CONFIGURED] = True
+    mode = conn.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _install_sqlite_hooks(engine: sa.Engine) -> None:
+    if not event.contains(engine, "begin", _sqlite_on_begin):
+        event.listen(engine, "begin", _sqlite_on_begin)
+
+
+def _content_text(message: Mapping[str, Any]) -> str | None:
+    """The plain text of a message's content (for search), NULs removed."""
+    content = message.get("content")
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        parts = [
+            part["text"]
+            for part in content
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+        ]
+        if not parts:
+            return None
+        text = "\n".join(parts)
+    else:
+        return None
+    return _no_nul(text)
+
+
+def _no_nul(text: str) -> str:
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
+def _arrays(batch: Batch, keep: Sequence[int], idx: Sequence[int]) -> dict[str, list[Any]]:
+    """Column arrays of ``batch.messages[i] for i in keep`` (for PostgreSQL ``unnest``)."""
+    messages = batch.messages
+    return {
+        "idx": list(idx),
+        "roles": [_no_nul(messages[i]["role"]) for i in keep],
+        "kinds": [batch.kinds[i] for i in keep],
+        "payloads": [batch.payloads[i] for i in keep],
+        "texts": [_content_text(messages[i]) for i in keep],
+    }
+
+
+def _trim(kinds: str, max_messages: int | None) -> tuple[int, int, str]:
+    """``plan_trim`` plus the kinds that survive: ``(lead, drop, kept_kinds)``."""
+    lead, drop = plan_trim(kinds, max_messages)
+    if not drop:
+        return lead, 0, kinds
+    return lead, drop, kinds[:lead] + kinds[lead + drop :]
+
+
+def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
+def _kept(n: int, lead: int, drop: int) -> list[int]:
+    """Indices ``0..n-1`` without the dropped run ``lead .. lead + drop - 1``."""
+    return [*range(min(lead, n)), *range(lead + drop, n)] if drop else list(range(n))
+
+
+def _frozen(metadata: Any) -> FrozenDict:
+    if isinstance(metadata, FrozenDict):
+        return metadata
+    if isinstance(metadata, str | bytes):  # a driver that hands JSON back as text
+        metadata = orjson.loads(metadata)
+    if not metadata:
+        return EMPTY_METADATA
+    frozen = freeze_json(metadata)
+    assert isinstance(frozen, FrozenDict)
+    return frozen
+
+
+def _snapshot_batch(snapshot: Snapshot) -> Batch:
+    """A snapshot's messages re-encoded as a :class:`Batch` (they were valid when written)."""
+    payloads = tuple(encode_json(message) for message in snapshot.messages)
+    return Batch(snapshot.messages, payloads, snapshot.kinds, sum(map(len, payloads)))
+
+
+class ArchiveStore(BaseStore):
+    """The durable store: sessions and messages in PostgreSQL or SQLite tables.
+
+    Pass an :class:`sqlalchemy.Engine` (shared with the application; the store
+    never disposes it) or a ``url`` (the store owns that engine and disposes it
+    on :meth:`close`). ``namespace`` scopes every session; ``options`` are those
+    of :class:`~tieredstore.BaseStore` (``default_ttl``, ``max_messages``,
+    ``sliding_ttl``, ``limits``, ``clock``). Expired sessions read as missing and
+    are removed by :meth:`purge_expired`.
+    """
+
+    tier = "archive"
+
+    def __init__(
+        self,
+        engine: sa.Engine | None = None,
+        *,
+        url: str | sa.URL | None = None,
+        namespace: str = "default",
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        if (engine is None) == (url is None):
+            raise InvalidInput("ArchiveStore needs either an engine or a url")
+        self.namespace = check_session_id(namespace, self.limits, what="namespace")
+        self._owns_engine = engine is None
+        if engine is None:
+            assert url is not None
+            engine = create_engine(url)
+        self.engine = engine
+        dialect = engine.dialect.name
+        self._pg = dialect == "postgresql"
+        self._single: sa.Engine
+        self._reader: sa.Engine
+        self._writer: sa.Engine
+        if self._pg:
+            insert: Any = postgresql.insert
+            # One statement needs no BEGIN/COMMIT round trips; several
+            # statements that must agree read one snapshot.
+            self._single = engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._reader = engine.execution_options(isolation_level="REPEATABLE READ")
+            self._writer = engine
+        elif dialect == "sqlite":
+            _install_sqlite_hooks(engine)
+            insert = sqlite.insert
+            self._single = self._reader = engine
+            self._writer = engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+        else:
+            raise InvalidInput(f"ArchiveStore supports PostgreSQL and SQLite, not {dialect!r}")
+        self._create_row = insert(SESSIONS).on_conflict_do_nothing().returning(_S.version)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | sa.URL,
+        *,
+        engine_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ArchiveStore:
+        """A store on its own engine for ``url`` (``postgresql://...`` or ``sqlite:///...``).
+
+        ``engine_options`` (pool size, ...) go to :func:`create_engine`; the
+        store disposes the engine on :meth:`close`.
+        """
+        if not engine_options:
+            return cls(url=url, **kwargs)
+        store = cls(create_engine(url, **engine_options), **kwargs)
+        store._owns_engine = True
+        return store
+
+    def _close(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return to_ms(self.clock())
+
+    def _params(self, sid: str, now: int | None = None, **more: Any) -> dict[str, Any]:
+        params = {"ns": self.namespace, "sid": sid, **more}
+        if now is not None:
+            params["now"] = now
+        return params
+
+    def _run(
+        self, work: Callable[[sa.Connection], T], engine: sa.Engine, *, read: bool = False
+    ) -> T:
+        """Run ``work`` in one transaction on ``engine``, retrying lost races and deadlocks.
+
+        A ``read`` is also retried once on a fresh
+        connection when its pooled one turns out dead (a database restart).
+        Database errors leave as :class:`BackendUnavailable` (``from`` the
+        driver's error); our own errors (``VersionConflict``...) pass through.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with engine.begin() as conn:
+                    return work(conn)
+            except _Retry:
+                if attempt >= _MAX_ATTEMPTS:
+                    raise BackendUnavailable(
+                        "database", "gave up after repeated concurrent-write conflicts"
+                    ) from None
+            except sa.exc.DBAPIError as exc:
+                if read and exc.connection_invalidated and attempt == 1:
+                    continue
+                if attempt < _MAX_ATTEMPTS and self._retryable(exc):
+                    time.sleep(0.001 * attempt)
+                    continue
+                raise self._translate(exc) from exc
+            except sa.exc.SQLAlchemyError as exc:
+                raise self._translate(exc) from exc
+
+    def _retryable(self, exc: sa.exc.DBAPIError) -> bool:
+        if exc.connection_invalidated:
+            return False
+        if _sqlstate(exc) in _RETRY_SQLSTATES:
+            return True
+        return not self._pg and "database is locked" in str(exc.orig)
+
+    def _translate(self, exc: sa.exc.SQLAlchemyError) -> BackendUnavailable:
+        where = self.engine.url.render_as_string(hide_password=True)
+        orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        text = str(orig).strip()
+        detail = text.splitlines()[0] if text else type(orig).__name__
+        missing = isinstance(exc, sa.exc.DBAPIError) and (
+            _sqlstate(exc) in _SCHEMA_SQLSTATES
+            or "no such table: tieredstore_" in detail
+            or "no such column" in detail
+        )
+        if missing:
+            return BackendUnavailable(
+                "database",
+                f"the tieredstore tables in {where} are missing or out of date; "
+                f"run tieredstore.migrate(url) first ({detail})",
+            )
+        return BackendUnavailable("database", f"{where}: {detail}")
+
+    @staticmethod
+    def _is_live(row: Any, now_ms: int) -> bool:
+        return row is not None and (row.expires_ms is None or row.expires_ms > now_ms)
+
+    def _lock_row(self, conn: sa.Connection, sid: str) -> Any:
+        return conn.execute(_LOCK_ROW, self._params(sid)).first()
+
+    def _insert_messages(
+        self,
+        conn: sa.Connection,
+        sid: str,
+        batch: Batch,
+        keep: Sequence[int],
+        seqs: Sequence[int],
+        created_ms: int,
+        *,
+        skip_existing: bool = False,
+    ) -> int:
+        """Insert ``batch.messages[keep[j]]`` as seq ``seqs[j]``; return how many were new.
+
+        ``skip_existing`` leaves rows whose seq is already stored alone (a seq
+        names one message for life, so they hold the same message).
+        """
+        if not keep:
+            return 0
+        if self._pg:
+            stmt = _INSERT_NEW_MESSAGES_PG if skip_existing else _INSERT_MESSAGES_PG
+            params = self._params(sid, created_ms, **_arrays(batch, keep, seqs))
+            return int(conn.execute(stmt, params).rowcount)
+        ns, messages, payloads, kinds = self.namespace, batch.messages, batch.payloads, batch.kinds
+        rows = []
+        for i, seq in zip(keep, seqs, strict=True):
+            message = messages[i]
+            rows.append(
+                {
+                    "namespace": ns,
+                    "session_id": sid,
+                    "seq": seq,
+                    "created_ms": created_ms,
+                    "role": _no_nul(message["role"]),
+                    "kind": kinds[i],
+                    "payload": payloads[i],
+                    "content_text": _content_text(message),
+                }
+            )
+        insert = _INSERT_NEW_MESSAGES_SQLITE if skip_existing else _INSERT_MESSAGES
+        return int(conn.execute(insert, rows).rowcount)
+
+    def _renew(self, conn: sa.Connection, sid: str, row: Any, values: dict[str, Any]) -> None:
+        """Make ``sid`` a brand-new session: replace its stale row, or insert one.
+
+        An insert that loses a race with a concurrent creator retries the
+        transaction, which then finds the row.
+        """
+        if row is None:
+            created = conn.execute(
+                self._create_row, {"namespace": self.namespace, "session_id": sid, **values}
+            ).first()
+            if created is None:
+                raise _Retry
+            return
+        conn.execute(_DELETE_MESSAGES, self._params(sid))
+        conn.execute(_UPDATE_ROW, self._params(sid, **values))
+
+    @staticmethod
+    def _new_values(
+        *,
+        created_ms: int,
+        updated_ms: int,
+        ttl_ms: int | None,
+        expires_ms: int | None,
+        version: int = 1,
+        count: int,
+        next_seq: int,
+        base_seq: int = 0,
+        lead: int,
+        metadata: Mapping[str, Any] | None = None,
+        user_id: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "user_id": user_id,
+            "metadata": metadata if metadata is not None else EMPTY_METADATA,
+            "created_ms": created_ms,
+            "updated_ms": updated_ms,
+            "expires_ms": expires_ms,
+            "ttl_ms": ttl_ms,
+            "version": version,
+            "message_count": count,
+            "next_seq": next_seq,
+            "base_seq": base_seq,
+            "lead": lead,
+        }
+
+    # -- writes ---------------------------------------------------------------
+
+    def _save(
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        metadata: FrozenDict | None,
+        user_id: str | None,
+        expected_version: int | None,
+    ) -> int:
+        return self.write_save(
+            sid,
+            batch,
+            ttl_ms=ttl_ms,
+            metadata=metadata,
+            user_id=user_id,
+            expected_version=expected_version,
+        ).version
+
+    def _append(
+        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
+    ) -> int:
+        return self.write_append(
+            sid, batch, ttl_ms=ttl_ms, expected_version=expected_version
+        ).version
+
+    def write_save(
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        metadata: FrozenDict | None,
+        user_id: str | None,
+        expected_version: int | None,
+    ) -> WriteReceipt:
+        """:meth:`save` on validated input, returning the full :class:`WriteReceipt`."""
+        from tieredstore.tiers.transfer import WriteReceipt
+
+        n = len(batch)
+        lead, drop, kept = _trim(batch.kinds, self.max_messages)
+        keep = _kept(n, lead, drop)
+        new_lead = leading_system(kept)
+
+        def work(conn: sa.Connection) -> WriteReceipt:
+            now = self._now_ms()
+            row = self._lock_row(conn, sid)
+            live = self._is_live(row, now)
+            if expected_version is not None:
+                actual = row.version if live else 0
+                if actual != expected_version:
+                    raise VersionConflict(sid, expected_version, actual)
+            if not live:
+                values = self._new_values(
+                    created_ms=now,
+                    updated_ms=now,
+                    ttl_ms=ttl_ms,
+                    expires_ms=now + ttl_ms if ttl_ms is not None else None,
+                    count=len(keep),
+                    next_seq=n,
+                    lead=new_lead,
+                    metadata=metadata,
+                    user_id=user_id,
+                )
+                self._renew(conn, sid, row, values)
+                self._insert_messages(conn, sid, batch, keep, keep, now)
+                return WriteReceipt(1, 0, n, now, now, values["expires_ms"], ttl_ms)
+            # Seqs only grow: the new history starts after the last seq used.
+            first = row.next_seq
+            values = {
+                "version": row.version + 1,
+                "updated_ms": max(now, row.updated_ms),
+                "message_count": len(keep),
+                "next_seq": first + n,
+                "base_seq": first,
+                "lead": new_lead,
+                "ttl_ms": row.ttl_ms if ttl_ms is None else ttl_ms,
+                "expires_ms": row.expires_ms if ttl_ms is None else now + ttl_ms,
+            }
+            if metadata is not None:
+                values["metadata"] = metadata
+            if user_id is not None:
+                values["user_id"] = user_id
+            conn.execute(_DELETE_MESSAGES, self._params(sid))
+            conn.execute(_UPDATE_ROW, self._params(sid, **values))
+            self._insert_messages(conn, sid, batch, keep, [first + i for i in keep], now)
+            return WriteReceipt(
+                values["version"],
+                first,
+                first + n,
+                row.created_ms,
+                values["updated_ms"],
+                values["expires_ms"],
+                values["ttl_ms"],
+            )
+
+        return self._run(work, self._writer)
+
+    def write_append(
+        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
+    ) -> WriteReceipt:
+        """:meth:`append` on validated input, returning the full :class:`WriteReceipt`."""
+        from tieredstore.tiers.transfer import WriteReceipt
+
+        n = len(batch)
+        batch_lead = leading_system(batch.kinds)
+
+        def receipt(row: Any) -> WriteReceipt:
+            return WriteReceipt(
+                int(row.version),
+                row.next_seq - n,
+                row.next_seq,
+                row.created_ms,
+                row.updated_ms,
+                row.expires_ms,
+                row.ttl_ms,
+            )
+
+        def bump_params(now: int) -> dict[str, Any]:
+            params = self._params(sid, now, n=n, batch_lead=batch_lead)
+            if ttl_ms is not None:
+                params["ttl"], params["expires"] = ttl_ms, now + ttl_ms
+            if expected_version is not None:
+                params["expected"] = expected_version
+            return params
+
+        if self._pg and self.max_messages is None:
+            stmt = _PG_APPEND[ttl_ms is not None, expected_version is not None]
+            offsets = range(n)
+
+            def one_statement(conn: sa.Connection) -> Any:
+                params = bump_params(self._now_ms())
+                params.update(_arrays(batch, offsets, offsets))
+                return conn.execute(stmt, params).first()
+
+            bumped = self._run(one_statement, self._single)
+            if bumped is not None:
+                return receipt(bumped)
+
+        bump = _APPEND[ttl_ms is not None, expected_version is not None]
+
+        def work(conn: sa.Connection) -> WriteReceipt:
+            now = self._now_ms()
+            # Fast path: one statement locks, checks and bumps a live session.
+            bumped = conn.execute(bump, bump_params(now)).first()
+            if bumped is not None:
+                first = bumped.next_seq - n
+                keep: Sequence[int] = range(n)
+                if self.max_messages is not None and bumped.message_count > self.max_messages:
+                    keep = self._trim_stored(conn, sid, batch)
+                self._insert_messages(conn, sid, batch, keep, [first + i for i in keep], now)
+                return receipt(bumped)
+            # Slow path: the session is missing or expired, or the version differs.
+            row = self._lock_row(conn, sid)
+            if self._is_live(row, now):
+                if expected_version is not None and row.version != expected_version:
+                    raise VersionConflict(sid, expected_version, row.version)
+                raise _Retry  # created concurrently since the UPDATE: start over
+            if expected_version not in (None, 0):
+                raise VersionConflict(sid, expected_version, 0)
+            lead, drop, kept = _trim(batch.kinds, self.max_messages)
+            keep = _kept(n, lead, drop)
+            expires = now + ttl_ms if ttl_ms is not None else None
+            values = self._new_values(
+                created_ms=now,
+                updated_ms=now,
+                ttl_ms=ttl_ms,
+                expires_ms=expires,
+                count=len(keep),
+                next_seq=n,
+                lead=leading_system(kept),
+            )
+            self._renew(conn, sid, row, values)
+            self._insert_messages(conn, sid, batch, keep, keep, now)
+            return WriteReceipt(1, 0, n, now, now, expires, ttl_ms)
+
+        return self._run(work, self._writer)
+
+    def _trim_stored(self, conn: sa.Connection, sid: str, batch: Batch) -> list[int]:
+        """Apply ``max_messages`` to the stored history plus ``batch`` (row locked).
+
+        Deletes the dropped stored rows, fixes the count and lead, and returns
+        the indices of the batch messages that survive.
+        """
+        existing = conn.execute(_SEQ_KINDS, self._params(sid)).all()
+        stored = len(existing)
+        kinds = "".join(row.kind for row in existing) + batch.kinds
+        lead, drop, kept = _trim(kinds, self.max_messages)
+        end = lead + drop
+        if drop and lead < stored:
+            low, high = existing[lead].seq, existing[min(end, stored) - 1].seq
+            conn.execute(_DELETE_MESSAGE_RANGE, self._params(sid, low=low, high=high))
+        conn.execute(
+            _UPDATE_ROW,
+            self._params(sid, message_count=len(kept), lead=leading_system(kept)),
+        )
+        return [i for i in range(len(batch)) if not lead <= stored + i < end]
+
+    def _merge_metadata(self, sid: str, updates: FrozenDict) -> FrozenDict:
+        def work(conn: sa.Connection) -> FrozenDict:
+            now = self._now_ms()
+            row = self._lock_row(conn, sid)
+            if not self._is_live(row, now):
+                raise SessionNotFound(sid)
+            merged = merge_metadata(_frozen(row.metadata), updates)
+            values = {
+                "metadata": merged,
+                "version": row.version + 1,
+                "updated_ms": max(now, row.updated_ms),
+            }
+            conn.execute(_UPDATE_ROW, self._params(sid, **values))
+            return merged
+
+        return self._run(work, self._writer)
+
+    def _delete(self, sid: str) -> bool:
+        def work(conn: sa.Connection) -> bool:
+            now = self._now_ms()
+            gone = conn.execute(_DELETE_ROW, self._params(sid)).first()
+            # ON DELETE CASCADE did this already, unless foreign keys are off.
+            conn.execute(_DELETE_MESSAGES, self._params(sid))
+            return self._is_live(gone, now)
+
+        return self._run(work, self._writer)
+
+    def _fork(self, src: str, dst: str, *, ttl_ms: int | None) -> int:
+        def work(conn: sa.Connection) -> int:
+            now = self._now_ms()
+            source = conn.execute(_SHARE_LIVE, self._params(src, now)).first()
+            if source is None:
+                raise SessionNotFound(src)
+            target = self._lock_row(conn, dst)
+            if self._is_live(target, now):
+                raise SessionExists(dst)
+            ttl = ttl_ms or self.default_ttl_ms or source.ttl_ms
+            values = self._new_values(
+                created_ms=now,
+                updated_ms=now,
+                ttl_ms=ttl,
+                expires_ms=now + ttl if ttl is not None else None,
+                count=source.message_count,
+                next_seq=source.next_seq,
+                base_seq=source.base_seq,
+                lead=source.lead,
+                metadata=_frozen(source.metadata),
+                user_id=source.user_id,
+            )
+            self._renew(conn, dst, target, values)
+            conn.execute(_COPY_MESSAGES, self._params(src, dst=dst))
+            return 1
+
+        return self._run(work, self._writer)
+
+    # -- reads ----------------------------------------------------------------
+
+    def _read(self, sid: str, last: int | None) -> tuple[Any, list[Message]]:
+        """The live session row and its messages, from one snapshot (sliding the TTL)."""
+
+        def work(conn: sa.Connection) -> tuple[Any, list[Message]]:
+            params = self._params(sid, self._now_ms())
+            # The sliding UPDATE also locks the row, so the messages match it.
+            row = conn.execute(_SLIDE if self.sliding_ttl else _SELECT_LIVE, params).first()
+            if row is None:
+                raise SessionNotFound(sid)
+            if last == 0:
+                return row, []
+            if last is None:
+                payloads = conn.execute(_PAYLOADS_ALL, params).scalars().all()
+            else:
+                params["last"] = last
+                payloads = conn.execute(_PAYLOADS_LAST, params).scalars().all()[::-1]
+            return row, [decode_message(p) for p in payloads]
+
+        return self._run(work, self._writer if self.sliding_ttl else self._reader, read=True)
+
+    def _load(self, sid: str, last: int | None) -> list[Message]:
+        if self.sliding_ttl or last == 0:
+            return self._read(sid, last)[1]
+
+        def work(conn: sa.Connection) -> list[Message]:
+            params = self._params(sid, self._now_ms())
+            if last is None:
+                payloads = conn.execute(_LIVE_PAYLOADS_ALL, params).scalars().all()
+            else:
+                params["last"] = last
+                payloads = conn.execute(_LIVE_PAYLOADS_LAST, params).scalars().all()[::-1]
+            if not payloads and conn.execute(_EXISTS, params).first() is None:
+                raise SessionNotFound(sid)
+            return [decode_message(p) for p in payloads]
+
+        return self._run(work, self._single, read=True)
+
+    def _get(self, sid: str, last: int | None) -> Session:
+        row, messages = self._read(sid, last)
+        return Session(
+            id=sid,
+            messages=messages,
+            metadata=_frozen(row.metadata),
+            user_id=row.user_id,
+            created_at=from_ms(row.created_ms),  # type: ignore[arg-type]
+            updated_at=from_ms(row.updated_ms),  # type: ignore[arg-type]
+            version=row.version,
+            expires_at=from_ms(row.expires_ms),
+            message_count=row.message_count,
+            tier="archive",
+        )
+
+    def _count(self, sid: str) -> int:
+        def work(conn: sa.Connection) -> int:
+            count = conn.execute(_COUNT, self._params(sid, self._now_ms())).scalar()
+            if count is None:
+                raise SessionNotFound(sid)
+            return int(count)
+
+        return self._run(work, self._single, read=True)
+
+    def _exists(self, sid: str) -> bool:
+        def work(conn: sa.Connection) -> bool:
+            return conn.execute(_EXISTS, self._params(sid, self._now_ms())).first() is not None
+
+        return self._run(work, self._single, read=True)
+
+    def _list(self, user_id: str | None, limit: int, cursor: str | None, order: Order) -> Page:
+        position = decode_cursor(cursor) if cursor is not None else None
+        keys = self.list_keys(user_id, limit + 1, position, order)
+        if len(keys) <= limit:
+            return Page([sid for _, sid in keys], None)
+        return Page([sid for _, sid in keys[:limit]], encode_cursor(*keys[limit - 1]))
+
+    # -- the tiered layer -----------------------------------------------------
+
+    def list_keys(
+        self,
+        user_id: str | None,
+        limit: int,
+        position: tuple[int, str] | None,
+        order: Order,
+    ) -> list[tuple[int, str]]:
+        """Up to ``limit`` ``(updated_ms, session_id)`` of live sessions after ``position``.
+
+        The keyset behind :meth:`list` (``position`` is a decoded cursor), for
+        merging this tier's index with another's.
+        """
+        params: dict[str, Any] = {"ns": self.namespace, "last": limit}
+        if position is not None:
+            params["after_ms"], params["after_sid"] = position
+        if user_id is not None:
+            params["user"] = user_id
+        stmt = _LIST[order, position is not None, user_id is not None]
+
+        def work(conn: sa.Connection) -> list[tuple[int, str]]:
+            params["now"] = self._now_ms()
+            return [(row.updated_ms, row.session_id) for row in conn.execute(stmt, params)]
+
+        return self._run(work, self._single, read=True)
+
+    def snapshot(
+        self, session_id: str, last: int | None = None, /, *, refresh: bool = False
+    ) -> Snapshot | None:
+        """The live session with seqs and bookkeeping, or ``None``: what another tier copies.
+
+        ``last`` keeps only the newest messages; ``refresh`` slides the TTL
+        (as a read with ``sliding_ttl`` does).
+        """
+        from tieredstore.tiers.transfer import Snapshot
+
+        sid = self._sid(session_id)
+
+        def work(conn: sa.Connection) -> Snapshot | None:
+            params = self._params(sid, self._now_ms())
+            row = conn.execute(_SLIDE if refresh else _SELECT_LIVE, params).first()
+            if row is None:
+                return None
+            if last is None:
+                rows = conn.execute(_SNAPSHOT_ALL, params).all()
+            elif last == 0:
+                rows = []
+            else:
+                params["last"] = last
+                rows = conn.execute(_SNAPSHOT_LAST, params).all()[::-1]
+            return Snapshot(
+                sid=sid,
+                messages=tuple(decode_message(r.payload) for r in rows),
+                seqs=tuple(r.seq for r in rows),
+                kinds="".join(r.kind for r in rows),
+                metadata=_frozen(row.metadata),
+                user_id=row.user_id,
+                created_ms=row.created_ms,
+                updated_ms=row.updated_ms,
+                version=row.version,
+                expires_ms=row.expires_ms,
+                ttl_ms=row.ttl_ms,
+                message_count=row.message_count,
+                next_seq=row.next_seq,
+                nbytes=sum(len(r.payload) for r in rows),
+                base_seq=row.base_seq,
+            )
+
+        return self._run(work, self._writer if refresh else self._reader, read=True)
+
+    def history_page(
+        self, session_id: str, before: int | None, limit: int
+    ) -> list[tuple[int, Message]] | None:
+        """The newest ``limit`` messages with seq below ``before`` as ``(seq, message)``,
+        oldest first; ``None`` if the session is missing or expired."""
+        sid = self._sid(session_id)
+
+        def work(conn: sa.Connection) -> list[tuple[int, Message]] | None:
+            params = self._params(sid, self._now_ms(), last=limit)
+            if before is None:
+                rows = conn.execute(_HISTORY, params).all()
+            else:
+                params["before"] = before
+                rows = conn.execute(_HISTORY_BEFORE, params).all()
+            if not rows and conn.execute(_EXISTS, params).first() is None:
+                return None
+            return [(r.seq, decode_message(r.payload)) for r in reversed(rows)]
+
+        return self._run(work, self._single, read=True)
+
+    def mirror(
+        self,
+        session_id: str,
+        batch: Batch,
+        receipt: WriteReceipt,
+        *,
+        replace: bool,
+        metadata: FrozenDict | None = None,
+        user_id: str | None = None,
+    ) -> bool:
+        """Apply a write that another tier made (``receipt`` says where it landed).
+
+        ``replace`` marks a ``save`` (the history restarts at ``receipt.first_seq``).
+        Idempotent and order-independent: messages land at their seqs, and the
+        session's version, expiry and metadata change only for a newer write.
+        Returns ``False`` when the write was stale (a newer incarnation of the
+        session is stored) or left a gap (an append to a session this tier does
+        not hold), so the caller can copy the whole session instead.
+        """
+        sid = self._sid(session_id)
+        seqs = [receipt.first_seq + i for i in range(len(batch))]
+        return self._apply(
+            sid,
+            batch,
+            seqs,
+            created_ms=receipt.created_ms,
+            updated_ms=receipt.updated_ms,
+            version=receipt.version,
+            expires_ms=receipt.expires_ms,
+            ttl_ms=receipt.ttl_ms,
+            next_seq=receipt.next_seq,
+            base_seq=receipt.first_seq if replace else None,
+            metadata=metadata,
+            user_id=user_id,
+        )
+
+    def mirror_metadata(self, session_id: str, metadata: FrozenDict, receipt: WriteReceipt) -> bool:
+        """Apply a metadata write made in another tier; ``False`` if this tier lacks
+        that incarnation of the session (the write is then for the caller to copy)."""
+        sid = self._sid(session_id)
+
+        def work(conn: sa.Connection) -> bool:
+            row = self._lock_row(conn, sid)
+            if row is None or row.created_ms != receipt.created_ms:
+                return False
+            if receipt.version > row.version:
+                values: dict[str, Any] = {
+                    "metadata": metadata,
+                    "version": receipt.version,
+                    "updated_ms": receipt.updated_ms,
+                    "expires_ms": receipt.expires_ms,
+                    "ttl_ms": receipt.ttl_ms,
+                }
+                conn.execute(_UPDATE_ROW, self._params(sid, **values))
+            return True
+
+        return self._run(work, self._writer)
+
+    def restore(self, snapshot: Snapshot) -> bool:
+        """Copy a session from another tier into the archive (archival, write-back).
+
+        Same rules as :meth:`mirror`: stored messages of the same incarnation
+        at or after ``snapshot.base_seq`` are kept (older history the other
+        tier trimmed), the snapshot's messages land at their seqs, and the
+        bookkeeping changes only for a newer version. ``False`` if stale.
+        """
+        sid = self._sid(snapshot.sid)
+        return self._apply(
+            sid,
+            _snapshot_batch(snapshot),
+            snapshot.seqs,
+            created_ms=snapshot.created_ms,
+            updated_ms=snapshot.updated_ms,
+            version=snapshot.version,
+            expires_ms=snapshot.expires_ms,
+            ttl_ms=snapshot.ttl_ms,
+            next_seq=snapshot.next_seq,
+            base_seq=snapshot.base_seq,
+            metadata=snapshot.metadata,
+            user_id=snapshot.user_id,
+        )
+
+    def _apply(
+        self,
+        sid: str,
+        batch: Batch,
+        seqs: Sequence[int],
+        *,
+        created_ms: int,
+        updated_ms: int,
+        version: int,
+        expires_ms: int | None,
+        ttl_ms: int | None,
+        next_seq: int,
+        base_seq: int | None,
+        metadata: FrozenDict | None,
+        user_id: str | None,
+    ) -> bool:
+        """Merge messages at known seqs plus versioned bookkeeping into the stored session.
+
+        ``base_seq`` (``None``: unchanged) is where the writer's history starts.
+        """
+        everything = range(len(batch))
+
+        def work(conn: sa.Connection) -> bool:
+            now = self._now_ms()
+            row = self._lock_row(conn, sid)
+            if row is not None and row.created_ms > created_ms and self._is_live(row, now):
+                return False  # a newer incarnation of the session is stored
+            if row is None or row.created_ms != created_ms:
+                # A new incarnation: it replaces whatever is stored.
+                start = base_seq if base_seq is not None else (seqs[0] if seqs else next_seq)
+                fresh = self._new_values(
+                    created_ms=created_ms,
+                    updated_ms=updated_ms,
+                    ttl_ms=ttl_ms,
+                    expires_ms=expires_ms,
+                    version=version,
+                    count=len(batch),
+                    next_seq=next_seq,
+                    base_seq=start,
+                    lead=leading_system(batch.kinds),
+                    metadata=metadata,
+                    user_id=user_id,
+                )
+                self._renew(conn, sid, row, fresh)
+                self._insert_messages(conn, sid, batch, everything, seqs, updated_ms)
+                # An append whose earlier messages this tier never saw leaves a gap.
+                return start == 0 or base_seq is not None
+            base = row.base_seq if base_seq is None else max(row.base_seq, base_seq)
+            deleted = 0
+            if base > row.base_seq:
+                deleted = conn.execute(
+                    _DELETE_MESSAGES_BEFORE, self._params(sid, base=base)
+                ).rowcount
+            keep = [i for i, seq in enumerate(seqs) if seq >= base]
+            inserted = self._insert_messages(
+                conn,
+                sid,
+                batch,
+                keep,
+                [seqs[i] for i in keep],
+                updated_ms,
+                skip_existing=True,
+            )
+            values: dict[str, Any] = {
+                "message_count": row.message_count - deleted + inserted,
+                "next_seq": max(row.next_seq, next_seq),
+                "base_seq": base,
+            }
+            if version > row.version:
+                values.update(
+                    version=version,
+                    updated_ms=max(updated_ms, row.updated_ms),
+                    expires_ms=expires_ms,
+                    ttl_ms=ttl_ms,
+                )
+                if metadata is not None:
+                    values["metadata"] = metadata
+                if user_id is not None:
+                    values["user_id"] = user_id
+            if deleted or inserted:
+                values["lead"] = conn.execute(_LEAD, self._params(sid)).scalar_one()
+            conn.execute(_UPDATE_ROW, self._params(sid, **values))
+            return True
+
+        return self._run(work, self._writer)
+
+    # -- maintenance ----------------------------------------------------------
+
+    def purge_expired(self, *, batch_size: int = 1000) -> int:
+        """Delete this namespace's expired sessions, ``batch_size`` per transaction.
+
+        Returns how many were deleted. Reads already treat them as missing;
+        this reclaims their rows.
+        """
+        select_expired = (
+            sa.select(_S.session_id)
+            .where(_S.namespace == _NS, _S.expires_ms <= _NOW)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        ids_param: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
+        delete_messages = sa.delete(MESSAGES).where(
+            _M.namespace == _NS, _M.session_id.in_(ids_param)
+        )
+        delete_sessions = sa.delete(SESSIONS).where(
+            _S.namespace == _NS, _S.session_id.in_(ids_param), _S.expires_ms <= _NOW
+        )
+
+        def work(conn: sa.Connection) -> tuple[int, int]:
+            params: dict[str, Any] = {"ns": self.namespace, "now": self._now_ms()}
+            ids = conn.execute(select_expired, params).scalars().all()
+            if not ids:
+                return 0, 0
+            params["ids"] = list(ids)
+            conn.execute(delete_messages, params)
+            return len(ids), int(conn.execute(delete_sessions, params).rowcount)
+
+        total = 0
+        while True:
+            seen, purged = self._run(work, self._writer)
+            total += purged
+            if seen < batch_size:
+                return total
+
+    def stats(self) -> dict[str, int]:
+        """Row counts for this namespace: sessions (live and expired) and messages."""
+
+        def work(conn: sa.Connection) -> dict[str, int]:
+            params = {"ns": self.namespace, "now": self._now_ms()}
+            sessions = conn.execute(
+                sa.select(sa.func.count(), sa.func.count().filter(_S.expires_ms <= _NOW)).where(
+                    _S.namespace == _NS
+                ),
+                params,
+            ).one()
+            messages = conn.execute(
+                sa.select(sa.func.count()).where(_M.namespace == _NS), params
+            ).scalar_one()
+            return {
+                "sessions": int(sessions[0]),
+                "expired_sessions": int(sessions[1]),
+                "messages": int(messages),
+            }
+
+        return self._run(work, self._reader, read=True)

@@ -1,0 +1,85 @@
+"""What tiers hand each other: write receipts and session snapshots.
+
+Sequence numbers (``seq``) identify a message within its session for life:
+they only grow (a ``save`` starts its messages after the last seq ever used),
+so a copy of a session in another tier can be brought up to date by seq
+alone, in any order, idempotently. ``TieredStore`` relies on that to mirror
+writes into the archive and to page through a history split across tiers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tieredstore.core import from_ms
+from tieredstore.model import FrozenDict, Message, Session, Tier
+
+__all__ = ["Snapshot", "WriteReceipt"]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteReceipt:
+    """The outcome of one write: the new version and where its messages landed.
+
+    ``first_seq`` is the seq of the first message the call wrote and
+    ``next_seq`` the seq the next message will get; for a ``save``,
+    ``first_seq`` is also the new start of the history (older seqs are gone).
+    """
+
+    version: int
+    first_seq: int
+    next_seq: int
+    created_ms: int
+    updated_ms: int
+    expires_ms: int | None
+    ttl_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A session as one tier holds it, complete enough to copy to another tier.
+
+    ``messages``/``seqs`` may be only the newest part of the history (a hot
+    window, or what a ``last=`` read asked for); ``message_count`` is how many
+    messages the tier holds in all and ``next_seq`` the seq of the next one.
+    ``nbytes`` is the encoded size of ``messages``; ``base_seq`` the first seq
+    of the current history (the last ``save`` replaced everything before it).
+    """
+
+    sid: str
+    messages: tuple[Message, ...]
+    seqs: tuple[int, ...]
+    kinds: str
+    metadata: FrozenDict
+    user_id: str | None
+    created_ms: int
+    updated_ms: int
+    version: int
+    expires_ms: int | None
+    ttl_ms: int | None
+    message_count: int
+    next_seq: int
+    nbytes: int = 0
+    base_seq: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether ``messages`` is everything the tier holds for the session."""
+        return len(self.messages) == self.message_count
+
+    def session(self, tier: Tier, last: int | None = None) -> Session:
+        messages = list(self.messages)
+        if last is not None:
+            messages = messages[-last:] if last else []
+        return Session(
+            id=self.sid,
+            messages=messages,
+            metadata=self.metadata,
+            user_id=self.user_id,
+            created_at=from_ms(self.created_ms),  # type: ignore[arg-type]
+            updated_at=from_ms(self.updated_ms),  # type: ignore[arg-type]
+            version=self.version,
+            expires_at=from_ms(self.expires_ms),
+            message_count=self.message_count,
+            tier=tier,
+        )
