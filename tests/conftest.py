@@ -160,7 +160,43 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-STORE_KINDS = ["memory", "redis", "archive-pg", "archive-sqlite"]
+STORE_KINDS = [
+    "memory",
+    "redis",
+    "archive-pg",
+    "archive-sqlite",
+    "tiered-memory-redis-pg",
+    "tiered-memory-redis",
+    "tiered-memory-sqlite",
+    "tiered-redis-pg",
+]
+
+
+def tiered_factory(
+    request: pytest.FixtureRequest, *, memory: bool, redis: bool, archive: str | None, **fixed: Any
+) -> Callable[..., BaseStore]:
+    """Build TieredStores over the run's servers; options reach every tier that uses them."""
+    import sqlalchemy as sa
+
+    from tieredstore.store import TieredStore
+
+    client = request.getfixturevalue("redis_client") if redis else None
+    prefix = request.getfixturevalue("redis_prefix") if redis else None
+    engine = None
+    if archive == "pg":
+        engine = request.getfixturevalue("pg_engine")
+    elif archive == "sqlite":
+        engine = sa.create_engine(request.getfixturevalue("sqlite_url"))
+        request.addfinalizer(engine.dispose)
+
+    def make(ns: str, clock: FakeClock, **options: Any) -> BaseStore:
+        return TieredStore.from_clients(
+            redis=client, engine=engine, namespace=ns, prefix=prefix or "ts",
+            memory_max_bytes=64 * 2**20 if memory else None, clock=None if redis else clock,
+            **{**fixed, **options},
+        )
+
+    return make
 
 
 def _factory(kind: str, request: pytest.FixtureRequest) -> tuple[Callable[..., BaseStore], bool]:
@@ -194,6 +230,12 @@ def _factory(kind: str, request: pytest.FixtureRequest) -> tuple[Callable[..., B
 
         request.addfinalizer(lambda: [e.dispose() for e in engines])
         return make_sqlite, False
+    if kind.startswith("tiered-"):
+        parts = kind.split("-")[1:]
+        archive = "pg" if "pg" in parts else "sqlite" if "sqlite" in parts else None
+        factory = tiered_factory(request, memory="memory" in parts, redis="redis" in parts,
+                                 archive=archive)
+        return factory, "redis" in parts
     raise AssertionError(f"unknown store kind {kind}")
 
 

@@ -258,7 +258,10 @@ def test_get_reports_the_session(store: BaseStore) -> None:
     assert session.version == 2
     assert session.message_count == 2
     assert session.expires_at is None
-    assert session.tier == store.tier
+    if store.tier == "tiered":
+        assert session.tier in ("memory", "redis", "archive")
+    else:
+        assert session.tier == store.tier
     assert before <= session.created_at <= session.updated_at
     assert session.created_at.tzinfo is not None
     assert store.get("s1", last=1).messages == [ASSISTANT]

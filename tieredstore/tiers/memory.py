@@ -47,6 +47,8 @@ class SessionEntry:
     expires_ms: int | None
     ttl_ms: int | None
     nbytes: int
+    cached_at: float = 0.0
+    next_seq: int = 0
 
     def session(self, sid: str, last: int | None, tier: Any = "memory") -> Session:
         messages = _tail(self.messages, last)
@@ -391,6 +393,42 @@ class MemoryStore(BaseStore):
         """The live entry for ``sid`` without validation (``None`` on a miss)."""
         with self._lock:
             return self._live(sid, self._now_ms())
+
+    def put_entry(self, sid: str, entry: SessionEntry) -> bool:
+        """Cache a snapshot taken from another tier; ``False`` if it cannot fit."""
+        with self._lock:
+            if entry.nbytes > self.max_bytes:
+                self._remove(sid)
+                return False
+            self._put(sid, entry)
+            return True
+
+    def replace_if(self, sid: str, expected: SessionEntry, entry: SessionEntry) -> bool:
+        """Swap ``expected`` for ``entry`` only if ``expected`` is still cached."""
+        with self._lock:
+            if self._cache.get(sid) is not expected or entry.nbytes > self.max_bytes:
+                return False
+            self._put(sid, entry)
+            return True
+
+    def invalidate(self, sid: str, older_than: tuple[int, int] | None = None) -> bool:
+        """Drop ``sid`` (only if its ``(created_ms, version)`` is older, when given)."""
+        with self._lock:
+            entry = self._cache.get(sid)
+            if entry is None:
+                return False
+            if older_than is not None and (entry.created_ms, entry.version) >= older_than:
+                return False
+            self._remove(sid)
+            return True
+
+    def clear(self) -> None:
+        """Drop every cached session."""
+        with self._lock:
+            self._cache = _EvictingLRU(self.max_bytes, self._forget)
+            self._by_activity.clear()
+            self._by_user.clear()
+            self._by_expiry.clear()
 
     def stats(self) -> dict[str, int]:
         with self._lock:
