@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import FakeClock
-from tieredstore import ArchiveStore, BackendUnavailable, InvalidInput
+from tieredstore import ArchiveStore, BackendUnavailable, InvalidInput, SchemaNotReady
 from tieredstore.core import prepare_batch
 from tieredstore.model import FrozenDict
 from tieredstore.schema import MESSAGES, SESSIONS, normalize_url
@@ -150,7 +150,7 @@ def test_content_text_column_holds_plain_text(store: ArchiveStore) -> None:
 
 def test_missing_tables_say_to_migrate_on_sqlite(tmp_path: Path) -> None:
     with ArchiveStore.from_url(f"sqlite:///{tmp_path / 'empty.db'}") as store:
-        with pytest.raises(BackendUnavailable, match=r"tieredstore\.migrate") as info:
+        with pytest.raises(SchemaNotReady, match=r"tieredstore\.migrate") as info:
             store.save("s1", [USER])
         assert isinstance(info.value.__cause__, sa.exc.DBAPIError)
         with pytest.raises(BackendUnavailable, match="migrate"):
@@ -160,7 +160,7 @@ def test_missing_tables_say_to_migrate_on_sqlite(tmp_path: Path) -> None:
 def test_missing_tables_say_to_migrate_on_postgres(pg_database: Callable[[], str]) -> None:
     with ArchiveStore.from_url(pg_database()) as store:
         for call in (lambda: store.append("s1", USER), lambda: store.list()):
-            with pytest.raises(BackendUnavailable, match=r"tieredstore\.migrate"):
+            with pytest.raises(SchemaNotReady, match=r"tieredstore\.migrate"):
                 call()
 
 

@@ -17,6 +17,7 @@ from tieredstore.errors import (
     InvalidSessionId,
     LockTimeout,
     PayloadTooLarge,
+    SchemaNotReady,
     SessionExists,
     SessionNotFound,
     TieredStoreError,
@@ -26,7 +27,7 @@ from tieredstore.model import FrozenDict, FrozenList, Message, Page, Session
 from tieredstore.tiers.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from tieredstore.migrate import migrate
+    from tieredstore.migration import migrate
     from tieredstore.tiers.archive import ArchiveStore
     from tieredstore.tiers.redis import RedisStore
 
@@ -48,6 +49,7 @@ __all__ = [
     "Page",
     "PayloadTooLarge",
     "RedisStore",
+    "SchemaNotReady",
     "Session",
     "SessionExists",
     "SessionNotFound",
@@ -61,7 +63,7 @@ __all__ = [
 _LAZY = {
     "ArchiveStore": "tieredstore.tiers.archive",
     "RedisStore": "tieredstore.tiers.redis",
-    "migrate": "tieredstore.migrate",
+    "migrate": "tieredstore.migration",
 }
 
 

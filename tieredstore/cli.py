@@ -72,7 +72,7 @@ def _fmt(values: dict[str, Any]) -> str:
 @click.option("--revision", default="head", show_default=True)
 def migrate(database_url: str, revision: str) -> None:
     """Upgrade the archive schema (Alembic) to REVISION."""
-    from tieredstore.migrate import migrate as run
+    from tieredstore.migration import migrate as run
 
     try:
         run(database_url, revision=revision)

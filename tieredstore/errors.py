@@ -12,7 +12,8 @@
     │   ├── InvalidMessage       not a JSON object with a string ``role``
     │   └── PayloadTooLarge      a message, call or metadata blob over its limit
     └── BackendUnavailable       Redis / the database could not be reached
-                                 (the driver's exception is ``__cause__``)
+        │                        (the driver's exception is ``__cause__``)
+        └── SchemaNotReady       the archive tables are missing or out of date
 
 Drivers' exceptions never leak: each tier translates them at its boundary and
 raises one of these ``from`` the original.
@@ -27,6 +28,7 @@ __all__ = [
     "InvalidSessionId",
     "LockTimeout",
     "PayloadTooLarge",
+    "SchemaNotReady",
     "SessionExists",
     "SessionNotFound",
     "TieredStoreError",
@@ -96,3 +98,7 @@ class BackendUnavailable(TieredStoreError, ConnectionError):
     def __init__(self, backend: str, detail: str) -> None:
         super().__init__(f"{backend} unavailable: {detail}")
         self.backend = backend
+
+
+class SchemaNotReady(BackendUnavailable):
+    """The archive tables are missing or older than this code: run ``tieredstore.migrate(url)``."""

@@ -10,8 +10,6 @@ serialises them).
 from __future__ import annotations
 
 import importlib.util
-import sys
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,17 +100,3 @@ def current_revision(url_or_engine: Target) -> str | None:
 def head_revision() -> str | None:
     """The newest revision the bundled migrations define."""
     return ScriptDirectory.from_config(config()).get_current_head()
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``tieredstore.migrate(url)`` work even after ``import tieredstore.migrate``.
-
-    Importing the submodule rebinds the package attribute ``migrate`` from the
-    function to this module; making the module callable keeps both spellings working.
-    """
-
-    def __call__(self, url_or_engine: Target, revision: str = "head") -> None:
-        migrate(url_or_engine, revision)
-
-
-sys.modules[__name__].__class__ = _CallableModule

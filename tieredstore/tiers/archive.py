@@ -48,6 +48,7 @@ from tieredstore.core import (
 from tieredstore.errors import (
     BackendUnavailable,
     InvalidInput,
+    SchemaNotReady,
     SessionExists,
     SessionNotFound,
     VersionConflict,
@@ -527,7 +528,7 @@ class ArchiveStore(BaseStore):
             or "no such column" in detail
         )
         if missing:
-            return BackendUnavailable(
+            return SchemaNotReady(
                 "database",
                 f"the tieredstore tables in {where} are missing or out of date; "
                 f"run tieredstore.migrate(url) first ({detail})",
