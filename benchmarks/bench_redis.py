@@ -6,9 +6,11 @@ Measures, with percentiles and ratios:
     session (each history held at its size by ``max_messages``, so every append
     also trims), next to raw redis-py round trips measured in the same run
     (``PING``, ``RPUSH`` of one entry, ``LRANGE -20 -1``). Acceptance: the big
-    session costs at most 1.2x the small one (p50). It also checks that each
-    operation is exactly one round trip: one ``EVALSHA`` per call in
-    ``INFO commandstats`` and one command sent by the client.
+    session costs at most 1.2x the small one (p50). Also shown: ``snapshot``
+    (what ``TieredStore`` reads) and an append whose trim spills. It also
+    checks that each operation (append, load, snapshot, history page) is
+    exactly one round trip: one ``EVALSHA`` per call in ``INFO commandstats``
+    and one command sent by the client.
 (b) ``list`` over 100 000 sessions: the first page against the last page
     (keyset pagination; acceptance: last/first p50 at most 2).
 
@@ -37,7 +39,7 @@ import redis
 from tieredstore import Message, RedisStore
 from tieredstore.codec import encode_entry, encode_json
 from tieredstore.core import prepare_batch
-from tieredstore.tiers.redis import SCRIPTS
+from tieredstore.tiers.redis import SCRIPTS, Call
 
 RESULTS = Path(__file__).parent / "results" / "redis.json"
 
@@ -123,14 +125,18 @@ def bench_ops(url: str, prefix: str, rounds: int, admin: redis.Redis) -> dict[st
     counter = CommandCounter(client)
     small = RedisStore(client, prefix=prefix, namespace="ops", max_messages=10)
     big = RedisStore(client, prefix=prefix, namespace="ops", max_messages=10_000)
+    spilling = RedisStore(
+        client, prefix=prefix, namespace="ops-spill", max_messages=10_000, spill=True
+    )
     small.save("small", [message(i) for i in range(10)])
     big.save("big", [message(i) for i in range(10_000)])
+    spilling.save("big", [message(i) for i in range(10_000)])
     for script in SCRIPTS.values():
         client.script_load(script)
     assert small.count("small") == 10 and big.count("big") == 10_000
 
     new = message(10_001)
-    entry = encode_entry("m", int(time.time() * 1000), encode_json(new))
+    entry = encode_entry("m", 10_001, int(time.time() * 1000), encode_json(new))
     scratch = f"{prefix}:raw:list"
     big_list = big.keys.messages("big")
     ops: dict[str, Callable[[], Any]] = {
@@ -141,6 +147,8 @@ def bench_ops(url: str, prefix: str, rounds: int, admin: redis.Redis) -> dict[st
         "append (10k msgs)": lambda: big.append("big", new),
         "load last=20 (10 msgs)": lambda: small.load("small", last=20),
         "load last=20 (10k msgs)": lambda: big.load("big", last=20),
+        "snapshot last=20 (10k msgs)": lambda: big.snapshot("big", 20),
+        "append + spill (10k msgs)": lambda: spilling.append("big", new),
     }
     with no_gc():
         samples = interleaved(ops, rounds, warmup=max(rounds // 10, 50))
@@ -149,8 +157,13 @@ def bench_ops(url: str, prefix: str, rounds: int, admin: redis.Redis) -> dict[st
     trips = {
         "append": round_trips(admin, counter, lambda: big.append("big", new), 200),
         "load": round_trips(admin, counter, lambda: big.load("big", last=20), 200),
+        "snapshot": round_trips(admin, counter, lambda: big.snapshot("big", 20), 200),
+        "history": round_trips(
+            admin, counter, lambda: spilling.history_page("big", 5_000, 100), 200
+        ),
     }
     assert small.count("small") == 10 and big.count("big") == 10_000
+    assert spilling.count("big") == 10_000 and len(spilling.spilled("big")) > 0
     client.close()
     return {"rows": rows, "round_trips": trips}
 
@@ -167,6 +180,7 @@ def load_sessions(store: RedisStore, client: redis.Redis, n: int) -> float:
                 f"s{i:07d}", batch, ttl_ms=None, metadata=None, user_id=None, expected_version=None
             )
             call = next(plan)
+            assert isinstance(call, Call)
             save(keys=call.keys, args=call.args, client=pipe)
         pipe.execute()
     return time.perf_counter() - start
@@ -277,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                 "append (10k msgs)": "raw RPUSH",
                 "load last=20 (10 msgs)": "raw LRANGE -20 -1 (10k list)",
                 "load last=20 (10k msgs)": "raw LRANGE -20 -1 (10k list)",
+                "snapshot last=20 (10k msgs)": "raw LRANGE -20 -1 (10k list)",
+                "append + spill (10k msgs)": "raw RPUSH",
                 "raw RPUSH": "raw PING",
                 "raw LRANGE -20 -1 (10k list)": "raw PING",
             },

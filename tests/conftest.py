@@ -191,8 +191,12 @@ def tiered_factory(
 
     def make(ns: str, clock: FakeClock, **options: Any) -> BaseStore:
         return TieredStore.from_clients(
-            redis=client, engine=engine, namespace=ns, prefix=prefix or "ts",
-            memory_max_bytes=64 * 2**20 if memory else None, clock=None if redis else clock,
+            redis=client,
+            engine=engine,
+            namespace=ns,
+            prefix=prefix or "ts",
+            memory_max_bytes=64 * 2**20 if memory else None,
+            clock=None if redis else clock,
             **{**fixed, **options},
         )
 
@@ -233,8 +237,9 @@ def _factory(kind: str, request: pytest.FixtureRequest) -> tuple[Callable[..., B
     if kind.startswith("tiered-"):
         parts = kind.split("-")[1:]
         archive = "pg" if "pg" in parts else "sqlite" if "sqlite" in parts else None
-        factory = tiered_factory(request, memory="memory" in parts, redis="redis" in parts,
-                                 archive=archive)
+        factory = tiered_factory(
+            request, memory="memory" in parts, redis="redis" in parts, archive=archive
+        )
         return factory, "redis" in parts
     raise AssertionError(f"unknown store kind {kind}")
 

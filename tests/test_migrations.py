@@ -112,7 +112,7 @@ def test_works_with_an_engine_and_beside_other_tables(fresh_url: str) -> None:
 
 def test_the_package_level_migrate(tmp_path: Path) -> None:
     """``tieredstore.migrate(url)`` is the documented entry point."""
-    import tieredstore.migration  # noqa: F401 - importing the module must not shadow it
+    import tieredstore.migration
 
     url = f"sqlite:///{tmp_path / 'entry.db'}"
     tieredstore.migrate(url)

@@ -1,8 +1,11 @@
 """The one codec every tier uses: orjson, plus the compact hot-tier entry format.
 
-A hot-tier entry is ``<kind><unix-ms>:<json>``: one byte of message kind (see
-:mod:`tieredstore.policy`, so the Redis trim script need not decode JSON), the
-write time in milliseconds, then the message exactly as encoded.
+A hot-tier entry is ``<kind><seq>:<unix-ms>:<json>``: one byte of message kind
+(see :mod:`tieredstore.policy`, so the Redis trim script need not decode JSON),
+the message's sequence number within its session (see
+:mod:`tieredstore.tiers.transfer`), the write time in milliseconds, then the
+message exactly as encoded. Carrying the seq in the entry keeps it attached to
+its message whatever a trim removes around it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ __all__ = [
     "encode_entry",
     "encode_json",
     "encode_message",
+    "entry_payload",
+    "entry_seq",
+    "split_entry",
 ]
 
 
@@ -55,24 +61,40 @@ def decode_message(data: bytes | bytearray | memoryview | str) -> Message:
     return Message._trusted(orjson.loads(data))
 
 
-def encode_entry(kind: str, timestamp_ms: int, payload: bytes) -> bytes:
-    return b"%b%d:%b" % (kind.encode("ascii"), timestamp_ms, payload)
+def encode_entry(kind: str, seq: int, timestamp_ms: int, payload: bytes) -> bytes:
+    return b"%b%d:%d:%b" % (kind.encode("ascii"), seq, timestamp_ms, payload)
 
 
-def entry_prefix(kind: str, timestamp_ms: int) -> bytes:
-    return b"%b%d:" % (kind.encode("ascii"), timestamp_ms)
+def entry_prefix(kind: str, seq: int, timestamp_ms: int) -> bytes:
+    return b"%b%d:%d:" % (kind.encode("ascii"), seq, timestamp_ms)
 
 
-def decode_entry(entry: bytes) -> tuple[str, int, Message]:
-    """Split a hot-tier entry into (kind, unix-ms, message)."""
-    colon = entry.index(b":", 1)
-    message = decode_message(memoryview(entry)[colon + 1 :])
-    return chr(entry[0]), int(entry[1:colon]), message
+def split_entry(entry: bytes) -> tuple[str, int, int, memoryview]:
+    """Split a hot-tier entry into (kind, seq, unix-ms, encoded message) without decoding."""
+    first = entry.index(b":", 1)
+    second = entry.index(b":", first + 1)
+    return (
+        chr(entry[0]),
+        int(entry[1:first]),
+        int(entry[first + 1 : second]),
+        memoryview(entry)[second + 1 :],
+    )
+
+
+def decode_entry(entry: bytes) -> tuple[str, int, int, Message]:
+    """Split a hot-tier entry into (kind, seq, unix-ms, message)."""
+    kind, seq, timestamp_ms, payload = split_entry(entry)
+    return kind, seq, timestamp_ms, decode_message(payload)
+
+
+def entry_seq(entry: bytes) -> int:
+    """The seq of a hot-tier entry."""
+    return int(entry[1 : entry.index(b":", 1)])
 
 
 def entry_payload(entry: bytes) -> memoryview:
     """The encoded message inside an entry, without copying it."""
-    return memoryview(entry)[entry.index(b":", 1) + 1 :]
+    return memoryview(entry)[entry.index(b":", entry.index(b":", 1) + 1) + 1 :]
 
 
 def encode_cursor(score: int, member: str) -> str:

@@ -2,25 +2,44 @@
 
 Key layout (``P`` = ``{prefix}:{namespace}``)::
 
-    P:{<sid>}:m        LIST   entries ``<kind><unix-ms>:<json>`` (see codec)
+    P:{<sid>}:m        LIST   entries ``<kind><seq>:<unix-ms>:<json>`` (see codec)
     P:{<sid>}:h        HASH   version, created, updated, expires, ttl, user,
-                              lead (leading system entries), m:<key> -> JSON
+                              lead (leading system entries), n (next seq),
+                              b (base seq: first seq of the current history),
+                              m:<key> -> JSON
+    P:{<sid>}:x        LIST   spilled entries (``spill=True``): what trims
+                              dropped, oldest first, until the worker archives
+                              them (:meth:`RedisStore.drain_spill`)
     P:idx              ZSET   sid -> updated ms (last activity; for ``list``)
     P:u:<user_id>      ZSET   sid -> updated ms, per user
     P:exp              ZSET   sid -> expires ms (only sessions with a TTL)
     P:own              HASH   sid -> user id (finds the user index of a session
                               whose own keys have already expired)
+    P:inval            pub/sub channel of invalidations (not a key)
 
 A session exists while its hash exists and its ``expires`` lies in the
-future; a session saved with ``[]`` has a hash and no list. Both per-session
+future; a session saved with ``[]`` has a hash and no list. All per-session
 keys carry the same absolute expiry (``PEXPIREAT``), so they vanish together.
 
+Sequence numbers: every message gets a seq that only grows during a session's
+life (``n`` is the next one). ``append`` writes at ``n..``; ``save`` also
+writes at ``n..`` (it does not restart the numbering) and sets ``b`` to its
+first seq. The seq is part of each entry, so trims never renumber anything.
+Deleting a session (or its expiry) forgets everything: a re-created session
+starts at seq 0 with a new ``created``. Both lists are in ascending seq order.
+
 Every write (save, append, merge_metadata, delete, fork) is one ``EVALSHA``:
-version check, entries, trim, version bump, TTL and index updates happen
-atomically. Every read is one ``EVALSHA`` too (a sliding-TTL read refreshes
-the expiry in the same script). Times (created, updated, expires, entry
-stamps) come from ``redis.call('TIME')``, so app servers with skewed clocks
-agree; the store's ``clock`` option is not used here.
+version check, entries, trim, spill, version bump, TTL and index updates
+happen atomically, and with ``publish=True`` the same script PUBLISHes
+``"<created_ms> <version> <sid>"`` on ``P:inval`` (a delete:
+``"<now_ms> 0 <sid>"``, with ``now_ms`` raised to the deleted session's
+``created + 1`` if need be, so it supersedes every state that session had;
+see :mod:`tieredstore.coherence`). ``restore`` does
+not publish: it copies a state another tier already holds, so nothing any
+cache holds becomes stale. Every read is one ``EVALSHA`` too (a sliding-TTL
+read refreshes the expiry in the same script). Times (created, updated,
+expires, entry stamps) come from ``redis.call('TIME')``, so app servers with
+skewed clocks agree; the store's ``clock`` option is not used here.
 
 ``list`` walks the ``idx`` (or per-user) sorted set by rank with keyset
 cursors ``(score, member)``: O(log N + limit) per page, never ``KEYS``/``SCAN``.
@@ -40,15 +59,15 @@ call; that is a known design tension, and this store targets standalone Redis
 leaves index entries that ``list`` cannot tell from live sessions.
 
 The Lua sources, key builders and reply parsers below are I/O-free "plans"
-(generators that yield :class:`Call` and receive replies), so an asyncio shell
-can drive the very same logic.
+(generators that yield :class:`Call` or :class:`Commands` and receive
+replies), so an asyncio shell can drive the very same logic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 from redis.exceptions import RedisError
@@ -59,11 +78,14 @@ from tieredstore.codec import (
     decode_json,
     decode_message,
     encode_cursor,
+    encode_entry,
     encode_json,
     entry_payload,
+    entry_seq,
+    split_entry,
 )
 from tieredstore.config import Limits
-from tieredstore.core import Batch, Order, check_limit, check_session_id, from_ms
+from tieredstore.core import Batch, Order, check_limit, check_session_id
 from tieredstore.errors import (
     BackendUnavailable,
     InvalidInput,
@@ -73,19 +95,21 @@ from tieredstore.errors import (
 )
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.policy import leading_system, plan_trim
+from tieredstore.tiers.transfer import Snapshot, WriteReceipt
 
-__all__ = ["SCRIPTS", "Call", "RedisKeys", "RedisOps", "RedisStore"]
+__all__ = ["SCRIPTS", "Call", "Commands", "RedisKeys", "RedisOps", "RedisStore", "Spilled"]
 
 T = TypeVar("T")
-Plan = Generator["Call", Any, T]
+Plan = Generator["Call | Commands", Any, T]
 
 # -- Lua ---------------------------------------------------------------------
 #
 # Each script is assembled from the helper snippets it uses. Invariants the
-# scripts keep (and rely on, to skip redundant calls): a session's two keys
-# carry a TTL exactly when its hash has ``expires`` (both ``PEXPIREAT`` that
-# value), ``exp`` holds the session exactly then, ``own`` holds it exactly
-# when it has a user, and ``idx``/``u:<user>`` scores equal its ``updated``.
+# scripts keep (and rely on, to skip redundant calls): a session's keys carry
+# a TTL exactly when its hash has ``expires`` (all ``PEXPIREAT`` that value),
+# ``exp`` holds the session exactly then, ``own`` holds it exactly when it has
+# a user, ``idx``/``u:<user>`` scores equal its ``updated``, and both lists
+# are in ascending seq order.
 
 _NOW = r"""
 local function now_ms()
@@ -94,6 +118,12 @@ local function now_ms()
 end
 local function fmt(n) return string.format('%d', n) end
 local CHUNK = 1000
+-- Announce a session's new generation (chan '' = publishing is off).
+local function publish(chan, created, version, sid)
+  if chan ~= '' then
+    redis.call('PUBLISH', chan, created .. ' ' .. version .. ' ' .. sid)
+  end
+end
 """
 
 _HASH = r"""
@@ -114,24 +144,51 @@ local function hset(h, fields)
     i = i + 2 * CHUNK
   end
 end
+-- RPUSH ARGV[first..last] (already encoded entries) onto key.
+local function push_raw(key, first, last)
+  local i = first
+  while i <= last do
+    local j = math.min(i + CHUNK - 1, last)
+    redis.call('RPUSH', key, unpack(ARGV, i, j))
+    i = j + 1
+  end
+end
 """
 
-# RPUSH ARGV[first..] as entries '<kind><now>:<payload>' (kind i = kinds[i]);
-# returns the list's length afterwards.
+# RPUSH onto `key` the entries '<kind><seq>:<now>:<payload>' with kind i =
+# kinds[i], payload ARGV[first + i - 1] and seq seq0 + i - 1; returns the
+# list's length afterwards (0 when nothing was pushed).
 _PUSH = r"""
-local function push_entries(m, kinds, first, now)
-  local stamp = fmt(now) .. ':'
+local function push_entries(key, kinds, first, seq0, now)
+  local stamp = ':' .. fmt(now) .. ':'
   local total, i, n = #kinds, 1, 0
   while i <= total do
     local j = math.min(i + CHUNK - 1, total)
     local batch = {}
     for k = i, j do
-      batch[#batch + 1] = string.sub(kinds, k, k) .. stamp .. ARGV[first + k - 1]
+      batch[#batch + 1] = string.sub(kinds, k, k) .. fmt(seq0 + k - 1) .. stamp
+                          .. ARGV[first + k - 1]
     end
-    n = redis.call('RPUSH', m, unpack(batch))
+    n = redis.call('RPUSH', key, unpack(batch))
     i = j + 1
   end
   return n
+end
+"""
+
+# Seqs of entries in a list sorted by seq.
+_SEQ = r"""
+local function seq_of(entry) return tonumber(string.match(entry, '^.(%d+):')) end
+-- How many entries of list L (length n, ascending seqs) have seq < bound.
+local function count_below(L, n, bound)
+  if n == 0 then return 0 end
+  if seq_of(redis.call('LINDEX', L, n - 1)) < bound then return n end
+  local lo, hi = 0, n - 1  -- the answer lies in [lo, hi]
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if seq_of(redis.call('LINDEX', L, mid)) < bound then lo = mid + 1 else hi = mid end
+  end
+  return lo
 end
 """
 
@@ -151,23 +208,26 @@ local function unindex(sid)
   end
 end
 -- Remove a dead (expired or deleted) session's keys and index entries.
-local function bury(m, h, sid)
-  redis.call('DEL', m, h)
+local function bury(m, h, x, sid)
+  redis.call('DEL', m, h, x)
   unindex(sid)
 end
 local function touch(sid, user, updated)
   redis.call('ZADD', IX.idx, updated, sid)
   if user then redis.call('ZADD', IX.up .. user, updated, sid) end
 end
-local function set_expiry(m, h, sid, e)
+local function set_expiry(m, h, x, sid, e)
   redis.call('PEXPIREAT', m, e)
   redis.call('PEXPIREAT', h, e)
+  redis.call('PEXPIREAT', x, e)
   redis.call('ZADD', IX.exp, e, sid)
 end
 """
 
 # Trim per tieredstore.policy.plan_trim over the kind byte of each entry.
 _TRIM = r"""
+-- The spill list's key when trimmed entries are kept (spill=True), else nil.
+local SPILL = nil
 -- The first position >= pos (0-based, < n) whose kind byte is not `byte`, and
 -- that byte (n, nil if none). Reads one entry first (the usual answer), then
 -- growing chunks.
@@ -185,6 +245,16 @@ local function skip_kind(m, pos, n, byte)
   end
   return n, nil
 end
+-- RPUSH entries [from, from + count) of m onto SPILL (they keep their seqs).
+local function spill(m, from, count)
+  local pos, stop = from, from + count
+  while pos < stop do
+    local chunk = redis.call('LRANGE', m, pos, math.min(pos + CHUNK, stop) - 1)
+    if #chunk == 0 then return end
+    redis.call('RPUSH', SPILL, unpack(chunk))
+    pos = pos + #chunk
+  end
+end
 -- Keep the `lead` leading system entries, drop the oldest of the rest down to
 -- max(max - lead, 1), then keep dropping tool results at the head of the rest.
 -- Returns the new (lead, n): survivors may begin with system entries.
@@ -194,6 +264,7 @@ local function trim(m, lead, n, max)
   if drop <= 0 then return lead, n end
   local stop, kind = skip_kind(m, lead + drop, n, 116)  -- 't'
   drop = stop - lead
+  if SPILL then spill(m, lead, drop) end
   if lead == 0 then
     redis.call('LTRIM', m, drop, -1)
   else
@@ -214,22 +285,30 @@ local function trim(m, lead, n, max)
 end
 """
 
-# KEYS m h idx exp own; ARGV sid uprefix expected ttl user nmeta lead kinds [k v]* payloads*
+# KEYS m h x idx exp own
+# ARGV sid uprefix expected ttl user nmeta lead kinds create chan plead drop spill [k v]* payloads*
+# `kinds` are all the call's messages; plan_trim keeps kinds[1..plead] and
+# kinds[plead+drop+1..] and drops the rest (spilled when spill = '1'). The
+# payloads are all of them with spill, else only the kept ones.
 _SAVE = r"""
-local m, h = KEYS[1], KEYS[2]
-IX.idx, IX.exp, IX.own, IX.up = KEYS[3], KEYS[4], KEYS[5], ARGV[2]
+local m, h, x = KEYS[1], KEYS[2], KEYS[3]
+IX.idx, IX.exp, IX.own, IX.up = KEYS[4], KEYS[5], KEYS[6], ARGV[2]
 local sid = ARGV[1]
 local expected, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local user, nmeta, lead, kinds = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local create, chan = ARGV[9] == '1', ARGV[10]
+local plead, drop, spilling = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13] == '1'
 local now = now_ms()
 local o = tohash(redis.call('HGETALL', h))
 local live = is_live(o, now)
+if not live and not create then return {'absent'} end
 local version = live and tonumber(o.version) or 0
 if expected >= 0 and expected ~= version then return {'conflict', version} end
+local first = live and tonumber(o.n or '0') or 0
 if live then
-  redis.call('DEL', m, h)
+  redis.call('DEL', m, h, x)
 else
-  bury(m, h, sid)
+  bury(m, h, x, sid)
   o = {}
 end
 if user == '' then user = o.user end
@@ -243,16 +322,14 @@ if ttl >= 0 then t = fmt(ttl); e = fmt(now + ttl) end
 local created, updated = o.created or fmt(now), now
 if live then updated = math.max(now, tonumber(o.updated)) end
 local fields = {'version', fmt(version + 1), 'created', created, 'updated', fmt(updated),
-                'lead', lead}
-if e then
-  fields[#fields + 1] = 'expires'; fields[#fields + 1] = e
-  fields[#fields + 1] = 'ttl'; fields[#fields + 1] = t
-end
+                'lead', lead, 'n', fmt(first + #kinds), 'b', fmt(first)}
+if e then fields[#fields + 1] = 'expires'; fields[#fields + 1] = e end
+if t then fields[#fields + 1] = 'ttl'; fields[#fields + 1] = t end
 if user then fields[#fields + 1] = 'user'; fields[#fields + 1] = user end
 if nmeta >= 0 then
   for i = 0, nmeta - 1 do
-    fields[#fields + 1] = 'm:' .. ARGV[9 + 2 * i]
-    fields[#fields + 1] = ARGV[10 + 2 * i]
+    fields[#fields + 1] = 'm:' .. ARGV[14 + 2 * i]
+    fields[#fields + 1] = ARGV[15 + 2 * i]
   end
 else
   for k, v in pairs(o) do
@@ -260,25 +337,35 @@ else
   end
 end
 hset(h, fields)
-push_entries(m, kinds, 9 + 2 * math.max(nmeta, 0), now)
-if e then set_expiry(m, h, sid, e) end
+local p = 14 + 2 * math.max(nmeta, 0)
+push_entries(m, string.sub(kinds, 1, plead), p, first, now)
+if spilling then
+  push_entries(x, string.sub(kinds, plead + 1, plead + drop), p + plead, first + plead, now)
+  p = p + drop
+end
+push_entries(m, string.sub(kinds, plead + drop + 1), p + plead, first + plead + drop, now)
+if e then set_expiry(m, h, x, sid, e) end
 touch(sid, user, updated)
-return {'ok', version + 1}
+publish(chan, created, fmt(version + 1), sid)
+return {'ok', version + 1, first, first + #kinds, created, updated, e or false, t or false}
 """
 
-# KEYS m h idx exp own; ARGV sid uprefix expected ttl max kinds payloads*
+# KEYS m h x idx exp own; ARGV sid uprefix expected ttl max kinds create chan spill payloads*
 _APPEND = r"""
-local m, h = KEYS[1], KEYS[2]
-IX.idx, IX.exp, IX.own, IX.up = KEYS[3], KEYS[4], KEYS[5], ARGV[2]
+local m, h, x = KEYS[1], KEYS[2], KEYS[3]
+IX.idx, IX.exp, IX.own, IX.up = KEYS[4], KEYS[5], KEYS[6], ARGV[2]
 local sid = ARGV[1]
 local expected, ttl, max = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local kinds = ARGV[6]
+local kinds, create, chan = ARGV[6], ARGV[7] == '1', ARGV[8]
+if ARGV[9] == '1' then SPILL = x end
 local now = now_ms()
-local f = redis.call('HMGET', h, 'version', 'expires', 'ttl', 'updated', 'lead', 'user', 'created')
+local f = redis.call('HMGET', h, 'version', 'expires', 'ttl', 'updated', 'lead', 'user',
+                      'created', 'n')
 local live = f[1] and not (f[2] and tonumber(f[2]) <= now)
+if not live and not create then return {'absent'} end
 local version = live and tonumber(f[1]) or 0
 if expected >= 0 and expected ~= version then return {'conflict', version} end
-local lead, created, updated, user, e, t = 0, fmt(now), now, nil, nil, nil
+local lead, created, updated, user, e, t, first = 0, fmt(now), now, nil, nil, nil, 0
 if live then
   lead = tonumber(f[5])
   created = f[7]
@@ -286,35 +373,41 @@ if live then
   user = f[6] or nil
   e = f[2] or nil
   t = f[3] or nil
+  first = tonumber(f[8] or '0')
 else
-  bury(m, h, sid)
+  bury(m, h, x, sid)
 end
-local n = push_entries(m, kinds, 7, now)
+local n = push_entries(m, kinds, 10, first, now)
 local before = n - #kinds
 for i = 1, #kinds do
   if lead == before + i - 1 and string.byte(kinds, i) == 115 then lead = lead + 1 end
 end
 lead, n = trim(m, lead, n, max)
 local fields = {'version', fmt(version + 1), 'created', created, 'updated', fmt(updated),
-                'lead', fmt(lead)}
+                'lead', fmt(lead), 'n', fmt(first + #kinds)}
+if not live then fields[#fields + 1] = 'b'; fields[#fields + 1] = '0' end
 if ttl >= 0 then
   t = fmt(ttl); e = fmt(now + ttl)
   fields[#fields + 1] = 'expires'; fields[#fields + 1] = e
   fields[#fields + 1] = 'ttl'; fields[#fields + 1] = t
   hset(h, fields)
-  set_expiry(m, h, sid, e)
+  set_expiry(m, h, x, sid, e)
 else
   hset(h, fields)
-  -- the hash keeps its TTL; the list may be new (or re-made by the trim)
-  if e then redis.call('PEXPIREAT', m, e) end
+  -- the hash keeps its TTL; the lists may be new (or re-made by the trim)
+  if e then
+    redis.call('PEXPIREAT', m, e)
+    if SPILL then redis.call('PEXPIREAT', x, e) end
+  end
 end
 touch(sid, user, updated)
-return {'ok', version + 1}
+publish(chan, created, fmt(version + 1), sid)
+return {'ok', version + 1, first, first + #kinds, created, updated, e or false, t or false}
 """
 
-# KEYS m h exp; ARGV sid mode last sliding. mode: load | get | count | exists
+# KEYS m h exp x; ARGV sid mode last sliding. mode: load | get | count | exists
 _READ = r"""
-local m, h, exp = KEYS[1], KEYS[2], KEYS[3]
+local m, h, exp, x = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sid, mode, last, sliding = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
 local now = now_ms()
 local flat, o
@@ -333,6 +426,7 @@ if sliding and o.ttl then
   redis.call('HSET', h, 'expires', e)
   redis.call('PEXPIREAT', m, e)
   redis.call('PEXPIREAT', h, e)
+  redis.call('PEXPIREAT', x, e)
   redis.call('ZADD', exp, e, sid)
   if flat then
     for i = 1, #flat, 2 do if flat[i] == 'expires' then flat[i + 1] = e end end
@@ -346,15 +440,48 @@ if mode == 'load' then return {1, entries} end
 return {1, entries, flat, redis.call('LLEN', m)}
 """
 
-# KEYS h idx; ARGV sid uprefix [key json-or-empty]*  (empty = remove the key)
+# KEYS m h x; ARGV before limit. The newest `limit` entries with seq < before
+# (every seq when before < 0) of the window and of the spill list.
+_HISTORY = r"""
+local m, h, x = KEYS[1], KEYS[2], KEYS[3]
+local before, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now = now_ms()
+local f = redis.call('HMGET', h, 'version', 'expires')
+if not f[1] or (f[2] and tonumber(f[2]) <= now) then return {0} end
+local function tail(L)
+  local n = redis.call('LLEN', L)
+  if before >= 0 then n = count_below(L, n, before) end
+  if n == 0 then return {} end
+  return redis.call('LRANGE', L, math.max(n - limit, 0), n - 1)
+end
+return {1, tail(m), tail(x)}
+"""
+
+# KEYS h x; ARGV upto created. Remove spilled entries with seq <= upto, only
+# from the incarnation made at `created` (any when created < 0).
+_DRAIN = r"""
+local h, x = KEYS[1], KEYS[2]
+local upto, created = tonumber(ARGV[1]), tonumber(ARGV[2])
+if created >= 0 then
+  local c = redis.call('HGET', h, 'created')
+  if not c or tonumber(c) ~= created then return 0 end
+end
+local n = redis.call('LLEN', x)
+local k = count_below(x, n, upto + 1)
+if k == n then redis.call('DEL', x)
+elseif k > 0 then redis.call('LTRIM', x, k, -1) end
+return k
+"""
+
+# KEYS h idx; ARGV sid uprefix chan [key json-or-empty]*  (empty = remove the key)
 _MERGE = r"""
 local h = KEYS[1]
 IX.idx, IX.up = KEYS[2], ARGV[2]
-local sid = ARGV[1]
+local sid, chan = ARGV[1], ARGV[3]
 local now = now_ms()
-local f = redis.call('HMGET', h, 'version', 'expires', 'updated', 'user')
+local f = redis.call('HMGET', h, 'version', 'expires', 'updated', 'user', 'created', 'ttl', 'n')
 if not f[1] or (f[2] and tonumber(f[2]) <= now) then return {'missing'} end
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', h, 'm:' .. ARGV[i])
   else redis.call('HSET', h, 'm:' .. ARGV[i], ARGV[i + 1]) end
 end
@@ -362,7 +489,8 @@ local version = redis.call('HINCRBY', h, 'version', 1)
 local updated = math.max(now, tonumber(f[3]))
 redis.call('HSET', h, 'updated', fmt(updated))
 touch(sid, f[4] or nil, updated)
-local out = {'ok', version}
+publish(chan, f[5], fmt(version), sid)
+local out = {'ok', version, f[5], updated, f[2] or false, f[6] or false, f[7] or '0'}
 local flat = redis.call('HGETALL', h)
 for i = 1, #flat, 2 do
   if string.sub(flat[i], 1, 2) == 'm:' then
@@ -372,40 +500,63 @@ end
 return out
 """
 
-# KEYS m h idx exp own; ARGV sid uprefix
+# KEYS m h x idx exp own; ARGV sid uprefix chan
+# The announced generation is (now, 0), or (created + 1, 0) for a session
+# created this very millisecond (or "later", by a clock that went back), so
+# that it supersedes every state the deleted session had.
 _DELETE = r"""
-local m, h = KEYS[1], KEYS[2]
-IX.idx, IX.exp, IX.own, IX.up = KEYS[3], KEYS[4], KEYS[5], ARGV[2]
-local sid = ARGV[1]
+local m, h, x = KEYS[1], KEYS[2], KEYS[3]
+IX.idx, IX.exp, IX.own, IX.up = KEYS[4], KEYS[5], KEYS[6], ARGV[2]
+local sid, chan = ARGV[1], ARGV[3]
 local now = now_ms()
-local f = redis.call('HMGET', h, 'version', 'expires')
+local f = redis.call('HMGET', h, 'version', 'expires', 'created')
 local existed = f[1] and not (f[2] and tonumber(f[2]) <= now)
-bury(m, h, sid)
+bury(m, h, x, sid)
+local g = now
+if f[3] and tonumber(f[3]) >= g then g = tonumber(f[3]) + 1 end
+publish(chan, fmt(g), '0', sid)
 if existed then return 1 end
 return 0
 """
 
-# KEYS src_m src_h dst_m dst_h idx exp own; ARGV src dst uprefix ttl
+# KEYS m h x idx exp own; ARGV sid uprefix created version. Remove the session
+# only if it is still the given generation (compare-and-delete, for archival);
+# no invalidation: the archive holds that very state.
+_EVICT = r"""
+local m, h, x = KEYS[1], KEYS[2], KEYS[3]
+IX.idx, IX.exp, IX.own, IX.up = KEYS[4], KEYS[5], KEYS[6], ARGV[2]
+local sid = ARGV[1]
+local now = now_ms()
+local f = redis.call('HMGET', h, 'version', 'expires', 'created')
+if not f[1] or (f[2] and tonumber(f[2]) <= now) then return 0 end
+if f[3] ~= ARGV[3] or f[1] ~= ARGV[4] then return 0 end
+bury(m, h, x, sid)
+return 1
+"""
+
+# KEYS src_m src_h src_x dst_m dst_h dst_x idx exp own; ARGV src dst uprefix ttl chan
+# The copy keeps the source's seqs (entries and spill are copied verbatim).
 _FORK = r"""
-local sm, sh, dm, dh = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-IX.idx, IX.exp, IX.own, IX.up = KEYS[5], KEYS[6], KEYS[7], ARGV[3]
-local dst, ttl = ARGV[2], tonumber(ARGV[4])
+local sm, sh, sx, dm, dh, dx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+IX.idx, IX.exp, IX.own, IX.up = KEYS[7], KEYS[8], KEYS[9], ARGV[3]
+local dst, ttl, chan = ARGV[2], tonumber(ARGV[4]), ARGV[5]
 local now = now_ms()
 local o = tohash(redis.call('HGETALL', sh))
 if not is_live(o, now) then return {'missing'} end
 local d = redis.call('HMGET', dh, 'version', 'expires')
 if d[1] and not (d[2] and tonumber(d[2]) <= now) then return {'exists'} end
-bury(dm, dh, dst)
+bury(dm, dh, dx, dst)
 -- COPY keeps the source's TTL, which equals its hash's expiry (none without)
 if redis.call('EXISTS', sm) == 1 then redis.call('COPY', sm, dm) end
+if redis.call('EXISTS', sx) == 1 then redis.call('COPY', sx, dx) end
 local t = o.ttl
 if ttl >= 0 then t = fmt(ttl) end
-local e = t and fmt(now + tonumber(t)) or nil
-local fields = {'version', '1', 'created', fmt(now), 'updated', fmt(now), 'lead', o.lead}
-if e then
-  fields[#fields + 1] = 'expires'; fields[#fields + 1] = e
-  fields[#fields + 1] = 'ttl'; fields[#fields + 1] = t
-end
+-- (a session restored with an expiry but no TTL keeps that expiry)
+local e = t and fmt(now + tonumber(t)) or o.expires
+local fields = {'version', '1', 'created', fmt(now), 'updated', fmt(now), 'lead', o.lead,
+                'n', o.n or '0', 'b', o.b or '0'}
+if e then fields[#fields + 1] = 'expires'; fields[#fields + 1] = e end
+if t then fields[#fields + 1] = 'ttl'; fields[#fields + 1] = t end
 if o.user then
   fields[#fields + 1] = 'user'; fields[#fields + 1] = o.user
   redis.call('HSET', IX.own, dst, o.user)
@@ -414,9 +565,45 @@ for k, v in pairs(o) do
   if string.sub(k, 1, 2) == 'm:' then fields[#fields + 1] = k; fields[#fields + 1] = v end
 end
 hset(dh, fields)
-if e then set_expiry(dm, dh, dst, e) end
+if e then set_expiry(dm, dh, dx, dst, e) end
 touch(dst, o.user, now)
+publish(chan, fmt(now), '1', dst)
 return {'ok', 1}
+"""
+
+# KEYS m h x idx exp own
+# ARGV sid uprefix version created updated expires ttl user n b lead nmeta [k v]* entries*
+# Write a session copied from another tier, only if absent here; expires is
+# absolute (-1: none) and a snapshot already past it is refused.
+_RESTORE = r"""
+local m, h, x = KEYS[1], KEYS[2], KEYS[3]
+IX.idx, IX.exp, IX.own, IX.up = KEYS[4], KEYS[5], KEYS[6], ARGV[2]
+local sid = ARGV[1]
+local now = now_ms()
+local f = redis.call('HMGET', h, 'version', 'expires')
+if f[1] and not (f[2] and tonumber(f[2]) <= now) then return 0 end
+local e, ttl, user, nmeta = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[12])
+if e >= 0 and e <= now then return 0 end
+bury(m, h, x, sid)
+local fields = {'version', ARGV[3], 'created', ARGV[4], 'updated', ARGV[5],
+                'n', ARGV[9], 'b', ARGV[10], 'lead', ARGV[11]}
+if e >= 0 then fields[#fields + 1] = 'expires'; fields[#fields + 1] = ARGV[6] end
+if ttl >= 0 then fields[#fields + 1] = 'ttl'; fields[#fields + 1] = ARGV[7] end
+if user ~= '' then
+  fields[#fields + 1] = 'user'; fields[#fields + 1] = user
+  redis.call('HSET', IX.own, sid, user)
+else
+  user = nil
+end
+for i = 0, nmeta - 1 do
+  fields[#fields + 1] = 'm:' .. ARGV[13 + 2 * i]
+  fields[#fields + 1] = ARGV[14 + 2 * i]
+end
+hset(h, fields)
+push_raw(m, 13 + 2 * nmeta, #ARGV)
+if e >= 0 then set_expiry(m, h, x, sid, ARGV[6]) end
+touch(sid, user, ARGV[5])
+return 1
 """
 
 # KEYS zset idx exp own; ARGV wanted order has_cursor score member is_user budget uprefix
@@ -516,12 +703,12 @@ local kp, limit = ARGV[1], tonumber(ARGV[3])
 local now = now_ms()
 local sids = redis.call('ZRANGE', IX.exp, '-inf', fmt(now), 'BYSCORE', 'LIMIT', 0, limit)
 for _, sid in ipairs(sids) do
-  local m, h = kp .. '{' .. sid .. '}:m', kp .. '{' .. sid .. '}:h'
-  local e = redis.call('HGET', h, 'expires')
+  local tagged = kp .. '{' .. sid .. '}:'
+  local e = redis.call('HGET', tagged .. 'h', 'expires')
   if e and tonumber(e) > now then
     redis.call('ZADD', IX.exp, e, sid)  -- a stale index entry of a live session
   else
-    bury(m, h, sid)
+    bury(tagged .. 'm', tagged .. 'h', tagged .. 'x', sid)
   end
 end
 return #sids
@@ -531,9 +718,13 @@ SCRIPTS: dict[str, str] = {
     "save": _NOW + _HASH + _PUSH + _INDEX + _SAVE,
     "append": _NOW + _HASH + _PUSH + _INDEX + _TRIM + _APPEND,
     "read": _NOW + _HASH + _READ,
+    "history": _NOW + _SEQ + _HISTORY,
+    "drain": _SEQ + _DRAIN,
     "merge": _NOW + _INDEX + _MERGE,
     "delete": _NOW + _INDEX + _DELETE,
+    "evict": _NOW + _INDEX + _EVICT,
     "fork": _NOW + _HASH + _INDEX + _FORK,
+    "restore": _NOW + _HASH + _INDEX + _RESTORE,
     "list": _NOW + _INDEX + _LIST,
     "purge": _NOW + _INDEX + _PURGE,
 }
@@ -550,6 +741,8 @@ _STORE_OPTIONS = (
     "sliding_ttl",
     "limits",
     "clock",
+    "publish",
+    "spill",
 )
 
 
@@ -565,10 +758,27 @@ class Call:
     args: list[str | bytes | int]
 
 
+@dataclass(frozen=True, slots=True)
+class Commands:
+    """Plain commands sent together in one pipeline (one round trip); the reply
+    is the list of their replies."""
+
+    commands: list[tuple[str | bytes | int, ...]]
+
+
+class Spilled(NamedTuple):
+    """One spilled entry: a message a trim moved out of the hot window."""
+
+    seq: int
+    kind: str
+    timestamp_ms: int
+    message: Message
+
+
 class RedisKeys:
     """Key names of one ``prefix``/``namespace``; see the module docstring."""
 
-    __slots__ = ("exp", "idx", "namespace", "own", "prefix", "root", "user_prefix")
+    __slots__ = ("channel", "exp", "idx", "namespace", "own", "prefix", "root", "user_prefix")
 
     def __init__(self, prefix: str, namespace: str) -> None:
         self.prefix = _check_part(prefix, "prefix")
@@ -580,6 +790,7 @@ class RedisKeys:
         self.exp = self.root + "exp"
         self.own = self.root + "own"
         self.user_prefix = self.root + "u:"
+        self.channel = self.root + "inval"
 
     def messages(self, sid: str) -> str:
         return f"{self.root}{{{sid}}}:m"
@@ -587,13 +798,16 @@ class RedisKeys:
     def meta(self, sid: str) -> str:
         return f"{self.root}{{{sid}}}:h"
 
+    def spill(self, sid: str) -> str:
+        return f"{self.root}{{{sid}}}:x"
+
     def user(self, user_id: str) -> str:
         return self.user_prefix + user_id
 
     def session(self, sid: str) -> list[str]:
-        """Both keys of a session (same cluster slot)."""
+        """The session's own keys, all in one cluster slot: list, hash, spill list."""
         tagged = f"{self.root}{{{sid}}}:"
-        return [tagged + "m", tagged + "h"]
+        return [tagged + "m", tagged + "h", tagged + "x"]
 
 
 def _check_part(value: object, what: str) -> str:
@@ -606,6 +820,14 @@ def _opt(value: int | None) -> int:
     return -1 if value is None else value
 
 
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 def _ttl(ttl_ms: int | None) -> int:
     # Lua numbers are doubles and Redis refuses absurd expiry times; reject
     # rather than let an overflowed expiry drop the session on the spot.
@@ -614,16 +836,32 @@ def _ttl(ttl_ms: int | None) -> int:
     return _opt(ttl_ms)
 
 
-def _write_result(sid: str, expected: int | None, reply: Any) -> int:
+def _check_status(sid: str, expected: int | None, reply: Any) -> bool:
+    """``True`` for a written reply, ``False`` for ``absent``; raises for the rest."""
     status = reply[0]
     if status == b"ok":
-        return int(reply[1])
+        return True
+    if status == b"absent":
+        return False
     if status == b"conflict":
         assert expected is not None
         raise VersionConflict(sid, expected, int(reply[1]))
     if status == b"missing":
         raise SessionNotFound(sid)
     raise AssertionError(f"unexpected script reply {reply!r}")  # pragma: no cover
+
+
+def _receipt(reply: Any) -> WriteReceipt:
+    """A receipt from ``{'ok', version, first, next, created, updated, expires, ttl}``."""
+    return WriteReceipt(
+        version=int(reply[1]),
+        first_seq=int(reply[2]),
+        next_seq=int(reply[3]),
+        created_ms=int(reply[4]),
+        updated_ms=int(reply[5]),
+        expires_ms=_int(reply[6]),
+        ttl_ms=_int(reply[7]),
+    )
 
 
 def _messages(entries: Sequence[bytes]) -> list[Message]:
@@ -636,13 +874,68 @@ def _metadata(pairs: Sequence[bytes], offset: int = 0) -> FrozenDict:
     )
 
 
-class RedisOps:
-    """Sans-I/O plans for every operation: yield :class:`Call`, receive replies."""
+def _snapshot(sid: str, entries: Sequence[bytes], flat: Sequence[bytes], count: int) -> Snapshot:
+    fields: dict[bytes, bytes] = {}
+    meta: dict[str, Any] = {}
+    for i in range(0, len(flat) - 1, 2):
+        name, value = flat[i], flat[i + 1]
+        if name.startswith(b"m:"):
+            meta[name[2:].decode()] = decode_json(value)
+        else:
+            fields[name] = value
+    messages: list[Message] = []
+    seqs: list[int] = []
+    kinds: list[str] = []
+    nbytes = 0
+    for entry in entries:
+        kind, seq, _, payload = split_entry(entry)
+        messages.append(decode_message(payload))
+        seqs.append(seq)
+        kinds.append(kind)
+        nbytes += len(payload)
+    user = fields.get(b"user")
+    return Snapshot(
+        sid=sid,
+        messages=tuple(messages),
+        seqs=tuple(seqs),
+        kinds="".join(kinds),
+        metadata=FrozenDict(meta),
+        user_id=user.decode() if user is not None else None,
+        created_ms=int(fields[b"created"]),
+        updated_ms=int(fields[b"updated"]),
+        version=int(fields[b"version"]),
+        expires_ms=_int(fields.get(b"expires")),
+        ttl_ms=_int(fields.get(b"ttl")),
+        message_count=int(count),
+        next_seq=int(fields.get(b"n", b"0")),
+        nbytes=nbytes,
+        base_seq=int(fields.get(b"b", b"0")),
+    )
 
-    def __init__(self, keys: RedisKeys, *, max_messages: int | None, sliding_ttl: bool) -> None:
+
+class RedisOps:
+    """Sans-I/O plans for every operation: yield :class:`Call`, receive replies.
+
+    ``channel`` is where write scripts publish invalidations (``""``: they
+    don't); ``spill`` keeps trimmed entries in the spill list.
+    """
+
+    def __init__(
+        self,
+        keys: RedisKeys,
+        *,
+        max_messages: int | None,
+        sliding_ttl: bool,
+        channel: str = "",
+        spill: bool = False,
+    ) -> None:
         self.keys = keys
         self.max_messages = max_messages
         self.sliding_ttl = sliding_ttl
+        self.channel = channel
+        self.spill = spill
+
+    # -- writes -----------------------------------------------------------------
 
     def save(
         self,
@@ -653,11 +946,12 @@ class RedisOps:
         metadata: FrozenDict | None,
         user_id: str | None,
         expected_version: int | None,
-    ) -> Plan[int]:
+        create: bool = True,
+    ) -> Plan[WriteReceipt | None]:
         kinds, payloads = batch.kinds, batch.payloads
         lead, drop = plan_trim(kinds, self.max_messages)
-        if drop:
-            kinds = kinds[:lead] + kinds[lead + drop :]
+        kept = kinds[:lead] + kinds[lead + drop :]
+        if drop and not self.spill:
             payloads = payloads[:lead] + payloads[lead + drop :]
         k = self.keys
         args: list[str | bytes | int] = [
@@ -667,8 +961,13 @@ class RedisOps:
             _ttl(ttl_ms),
             user_id or "",
             -1 if metadata is None else len(metadata),
-            leading_system(kinds),
+            leading_system(kept),
             kinds,
+            _flag(create),
+            self.channel,
+            lead,
+            drop,
+            _flag(self.spill),
         ]
         if metadata is not None:
             for key, value in metadata.items():
@@ -676,11 +975,17 @@ class RedisOps:
                 args.append(encode_json(value))
         args.extend(payloads)
         reply = yield Call("save", [*k.session(sid), k.idx, k.exp, k.own], args)
-        return _write_result(sid, expected_version, reply)
+        return _receipt(reply) if _check_status(sid, expected_version, reply) else None
 
     def append(
-        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
-    ) -> Plan[int]:
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        expected_version: int | None,
+        create: bool = True,
+    ) -> Plan[WriteReceipt | None]:
         k = self.keys
         args: list[str | bytes | int] = [
             sid,
@@ -689,51 +994,136 @@ class RedisOps:
             _ttl(ttl_ms),
             _opt(self.max_messages),
             batch.kinds,
+            _flag(create),
+            self.channel,
+            _flag(self.spill),
             *batch.payloads,
         ]
         reply = yield Call("append", [*k.session(sid), k.idx, k.exp, k.own], args)
-        return _write_result(sid, expected_version, reply)
+        return _receipt(reply) if _check_status(sid, expected_version, reply) else None
 
-    def _read(self, sid: str, mode: str, last: int | None) -> Plan[Any]:
-        sliding = "1" if self.sliding_ttl and mode in ("load", "get") else "0"
+    def merge_metadata(
+        self, sid: str, updates: FrozenDict
+    ) -> Plan[tuple[FrozenDict, WriteReceipt]]:
+        args: list[str | bytes | int] = [sid, self.keys.user_prefix, self.channel]
+        for key, value in updates.items():
+            args.append(key)
+            args.append(b"" if value is None else encode_json(value))
+        reply = yield Call("merge", [self.keys.meta(sid), self.keys.idx], args)
+        _check_status(sid, None, reply)
+        # {'ok', version, created, updated, expires, ttl, n, key, json, ...}
+        n = int(reply[6])
+        receipt = WriteReceipt(
+            version=int(reply[1]),
+            first_seq=n,
+            next_seq=n,
+            created_ms=int(reply[2]),
+            updated_ms=int(reply[3]),
+            expires_ms=_int(reply[4]),
+            ttl_ms=_int(reply[5]),
+        )
+        return _metadata(reply, 7), receipt
+
+    def delete(self, sid: str) -> Plan[bool]:
+        k = self.keys
         reply = yield Call(
-            "read", [*self.keys.session(sid), self.keys.exp], [sid, mode, _opt(last), sliding]
+            "delete", [*k.session(sid), k.idx, k.exp, k.own], [sid, k.user_prefix, self.channel]
+        )
+        return bool(reply)
+
+    def evict(self, sid: str, created_ms: int, version: int) -> Plan[bool]:
+        k = self.keys
+        reply = yield Call(
+            "evict",
+            [*k.session(sid), k.idx, k.exp, k.own],
+            [sid, k.user_prefix, str(created_ms), str(version)],
+        )
+        return bool(reply)
+
+    def fork(self, src: str, dst: str, *, ttl_ms: int | None) -> Plan[int]:
+        k = self.keys
+        reply = yield Call(
+            "fork",
+            [*k.session(src), *k.session(dst), k.idx, k.exp, k.own],
+            [src, dst, k.user_prefix, _ttl(ttl_ms), self.channel],
+        )
+        if reply[0] == b"exists":
+            raise SessionExists(dst)
+        _check_status(src, None, reply)
+        return int(reply[1])
+
+    def restore(self, snapshot: Snapshot) -> Plan[bool]:
+        sid = snapshot.sid
+        count = len(snapshot.messages)
+        if len(snapshot.seqs) != count or len(snapshot.kinds) != count:
+            raise InvalidInput("snapshot messages, seqs and kinds differ in length")
+        if snapshot.ttl_ms is not None:
+            _ttl(snapshot.ttl_ms)
+        k = self.keys
+        args: list[str | bytes | int] = [
+            sid,
+            k.user_prefix,
+            snapshot.version,
+            snapshot.created_ms,
+            snapshot.updated_ms,
+            _opt(snapshot.expires_ms),
+            _opt(snapshot.ttl_ms),
+            snapshot.user_id or "",
+            snapshot.next_seq,
+            snapshot.base_seq,
+            leading_system(snapshot.kinds),
+            len(snapshot.metadata),
+        ]
+        for key, value in snapshot.metadata.items():
+            args.append(key)
+            args.append(encode_json(value))
+        # Snapshots carry no per-message write times: stamp them with `updated`.
+        stamp = snapshot.updated_ms
+        args.extend(
+            encode_entry(kind, seq, stamp, encode_json(message))
+            for kind, seq, message in zip(
+                snapshot.kinds, snapshot.seqs, snapshot.messages, strict=True
+            )
+        )
+        reply = yield Call("restore", [*k.session(sid), k.idx, k.exp, k.own], args)
+        return bool(reply)
+
+    def drain_spill(self, sid: str, upto_seq: int, created_ms: int | None) -> Plan[int]:
+        reply = yield Call(
+            "drain",
+            [self.keys.meta(sid), self.keys.spill(sid)],
+            [upto_seq, _opt(created_ms)],
+        )
+        return int(reply)
+
+    # -- reads ------------------------------------------------------------------
+
+    def _read(self, sid: str, mode: str, last: int | None, sliding: bool = False) -> Plan[Any]:
+        k = self.keys
+        reply = yield Call(
+            "read",
+            [k.messages(sid), k.meta(sid), k.exp, k.spill(sid)],
+            [sid, mode, _opt(last), _flag(sliding)],
         )
         return reply
 
     def load(self, sid: str, last: int | None) -> Plan[list[Message]]:
-        reply = yield from self._read(sid, "load", last)
+        reply = yield from self._read(sid, "load", last, self.sliding_ttl)
         if not reply[0]:
             raise SessionNotFound(sid)
         return _messages(reply[1])
 
-    def get(self, sid: str, last: int | None) -> Plan[Session]:
-        reply = yield from self._read(sid, "get", last)
+    def snapshot(self, sid: str, last: int | None, refresh: bool) -> Plan[Snapshot | None]:
+        reply = yield from self._read(sid, "get", last, refresh)
         if not reply[0]:
+            return None
+        return _snapshot(sid, reply[1], reply[2], reply[3])
+
+    def get(self, sid: str, last: int | None) -> Plan[Session]:
+        snap = yield from self.snapshot(sid, last, self.sliding_ttl)
+        if snap is None:
             raise SessionNotFound(sid)
-        entries, flat, count = reply[1], reply[2], reply[3]
-        fields: dict[bytes, bytes] = {}
-        meta: dict[str, Any] = {}
-        for i in range(0, len(flat) - 1, 2):
-            name, value = flat[i], flat[i + 1]
-            if name.startswith(b"m:"):
-                meta[name[2:].decode()] = decode_json(value)
-            else:
-                fields[name] = value
-        user = fields.get(b"user")
-        expires = fields.get(b"expires")
-        return Session(
-            id=sid,
-            messages=_messages(entries),
-            metadata=FrozenDict(meta),
-            user_id=user.decode() if user is not None else None,
-            created_at=from_ms(int(fields[b"created"])),  # type: ignore[arg-type]
-            updated_at=from_ms(int(fields[b"updated"])),  # type: ignore[arg-type]
-            version=int(fields[b"version"]),
-            expires_at=from_ms(int(expires)) if expires is not None else None,
-            message_count=int(count),
-            tier="redis",
-        )
+        return snap.session("redis")
 
     def count(self, sid: str) -> Plan[int]:
         reply = yield from self._read(sid, "count", None)
@@ -745,59 +1135,71 @@ class RedisOps:
         reply = yield from self._read(sid, "exists", None)
         return bool(reply[0])
 
-    def merge_metadata(self, sid: str, updates: FrozenDict) -> Plan[FrozenDict]:
-        args: list[str | bytes | int] = [sid, self.keys.user_prefix]
-        for key, value in updates.items():
-            args.append(key)
-            args.append(b"" if value is None else encode_json(value))
-        reply = yield Call("merge", [self.keys.meta(sid), self.keys.idx], args)
-        _write_result(sid, None, reply)
-        return _metadata(reply, 2)
-
-    def delete(self, sid: str) -> Plan[bool]:
+    def exists_many(self, sids: Sequence[str]) -> Plan[list[bool]]:
+        if not sids:
+            return []
         k = self.keys
-        reply = yield Call("delete", [*k.session(sid), k.idx, k.exp, k.own], [sid, k.user_prefix])
-        return bool(reply)
+        commands: list[tuple[str | bytes | int, ...]] = [("TIME",)]
+        commands.extend(("HMGET", k.meta(sid), "version", "expires") for sid in sids)
+        replies = yield Commands(commands)
+        seconds, micros = replies[0]
+        now = int(seconds) * 1000 + int(micros) // 1000
+        return [
+            version is not None and (expires is None or int(expires) > now)
+            for version, expires in replies[1:]
+        ]
 
-    def fork(self, src: str, dst: str, *, ttl_ms: int | None) -> Plan[int]:
+    def history_page(
+        self, sid: str, before: int | None, limit: int
+    ) -> Plan[list[tuple[int, Message]] | None]:
         k = self.keys
         reply = yield Call(
-            "fork",
-            [*k.session(src), *k.session(dst), k.idx, k.exp, k.own],
-            [src, dst, k.user_prefix, _ttl(ttl_ms)],
+            "history", [k.messages(sid), k.meta(sid), k.spill(sid)], [_opt(before), limit]
         )
-        if reply[0] == b"exists":
-            raise SessionExists(dst)
-        if reply[0] == b"missing":
-            raise SessionNotFound(src)
-        return _write_result(dst, None, reply)
+        if not reply[0]:
+            return None
+        entries = sorted(((entry_seq(e), e) for e in (*reply[1], *reply[2])), key=_first)
+        return [(seq, decode_message(entry_payload(e))) for seq, e in entries[-limit:]]
 
-    def list(self, user_id: str | None, limit: int, cursor: str | None, order: Order) -> Plan[Page]:
+    def spilled(self, sid: str, limit: int | None) -> Plan[list[Spilled]]:
+        stop = -1 if limit is None else limit - 1
+        replies = yield Commands([("LRANGE", self.keys.spill(sid), 0, stop)])
+        out: list[Spilled] = []
+        for entry in replies[0]:
+            kind, seq, stamp, payload = split_entry(entry)
+            out.append(Spilled(seq, kind, stamp, decode_message(payload)))
+        return out
+
+    def list_keys(
+        self, user_id: str | None, limit: int, position: tuple[int, str] | None, order: Order
+    ) -> Plan[list[tuple[int, str]]]:
+        """Up to ``limit`` ``(updated_ms, sid)`` of live sessions strictly after ``position``."""
         k = self.keys
-        position = decode_cursor(cursor) if cursor is not None else None
         zset = k.idx if user_id is None else k.user(user_id)
-        found: list[tuple[str, int]] = []
-        while True:
+        found: list[tuple[int, str]] = []
+        while len(found) < limit:
             args: list[str | bytes | int] = [
-                limit - len(found),
+                limit - len(found) - 1,  # the script returns up to this + 1
                 order,
                 *(("1", position[0], position[1]) if position else ("0", 0, "")),
-                "1" if user_id is not None else "0",
-                limit + 1 - len(found) + _LIST_SCAN_BUDGET,
+                _flag(user_id is not None),
+                limit - len(found) + _LIST_SCAN_BUDGET,
                 k.user_prefix,
             ]
             reply = yield Call("list", [zset, k.idx, k.exp, k.own], args)
             for i in range(3, len(reply) - 1, 2):
-                found.append((reply[i].decode(), int(float(reply[i + 1]))))
+                found.append((int(float(reply[i + 1])), reply[i].decode()))
             if reply[0] or reply[1] is None:
                 break
             position = (int(float(reply[1])), reply[2].decode())
+        return found
+
+    def list(self, user_id: str | None, limit: int, cursor: str | None, order: Order) -> Plan[Page]:
+        position = decode_cursor(cursor) if cursor is not None else None
+        found = yield from self.list_keys(user_id, limit + 1, position, order)
         if len(found) > limit:
-            score_ms = found[limit - 1][1]
-            return Page(
-                [sid for sid, _ in found[:limit]], encode_cursor(score_ms, found[limit - 1][0])
-            )
-        return Page([sid for sid, _ in found], None)
+            return Page([sid for _, sid in found[:limit]], encode_cursor(*found[limit - 1]))
+        return Page([sid for _, sid in found], None)
 
     def purge_expired(self, batch_size: int) -> Plan[int]:
         k = self.keys
@@ -807,6 +1209,10 @@ class RedisOps:
             total += int(reply)
             if int(reply) < batch_size:
                 return total
+
+
+def _first(pair: tuple[int, bytes]) -> int:
+    return pair[0]
 
 
 # -- the synchronous shell ---------------------------------------------------
@@ -820,6 +1226,11 @@ class RedisStore(BaseStore):
     nothing for ``redis://localhost:6379/0``. The client must return bytes:
     a ``decode_responses=True`` client is rejected with :class:`InvalidInput`
     (binary entries are decoded by the store's codec, not by redis-py).
+
+    ``publish``: every write script announces the session's new generation on
+    :attr:`invalidation_channel`. ``spill``: entries a trim drops are kept in
+    a per-session spill list (see :meth:`spilled`) until the archival worker
+    has copied them (:meth:`drain_spill`), instead of being discarded.
     """
 
     tier = "redis"
@@ -832,12 +1243,16 @@ class RedisStore(BaseStore):
         connection_pool: redis.ConnectionPool | None = None,
         namespace: str = "default",
         prefix: str = "ts",
+        publish: bool = True,
+        spill: bool = False,
         **options: Any,
     ) -> None:
         super().__init__(**options)
         if sum(x is not None for x in (client, url, connection_pool)) > 1:
             raise InvalidInput("pass at most one of client, url and connection_pool")
         self.keys = RedisKeys(prefix, namespace)
+        self.publish = publish
+        self.spill = spill
         self._owns_client = client is None
         if client is None:
             if url is not None:
@@ -854,7 +1269,11 @@ class RedisStore(BaseStore):
             )
         self.client = client
         self._ops = RedisOps(
-            self.keys, max_messages=self.max_messages, sliding_ttl=self.sliding_ttl
+            self.keys,
+            max_messages=self.max_messages,
+            sliding_ttl=self.sliding_ttl,
+            channel=self.keys.channel if publish else "",
+            spill=spill,
         )
         self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
 
@@ -863,9 +1282,9 @@ class RedisStore(BaseStore):
         """A store on a client it builds (and closes) from ``url``.
 
         Store options (``namespace``, ``prefix``, ``default_ttl``,
-        ``max_messages``, ``sliding_ttl``, ``limits``, ``clock``) configure the
-        store; any other keyword goes to ``redis.Redis.from_url`` (for example
-        ``socket_timeout``).
+        ``max_messages``, ``sliding_ttl``, ``limits``, ``clock``, ``publish``,
+        ``spill``) configure the store; any other keyword goes to
+        ``redis.Redis.from_url`` (for example ``socket_timeout``).
         """
         store_options = {k: kwargs.pop(k) for k in _STORE_OPTIONS if k in kwargs}
         client = redis.Redis.from_url(url, **kwargs)
@@ -877,6 +1296,15 @@ class RedisStore(BaseStore):
         store._owns_client = True
         return store
 
+    @property
+    def invalidation_channel(self) -> str:
+        """The pub/sub channel write scripts announce new generations on."""
+        return self.keys.channel
+
+    def keys_of(self, session_id: str) -> list[str]:
+        """The session's own keys: message list, hash, spill list."""
+        return self.keys.session(self._sid(session_id))
+
     # -- the I/O shell ------------------------------------------------------
 
     def _drive(self, plan: Plan[T]) -> T:
@@ -886,7 +1314,13 @@ class RedisStore(BaseStore):
             call = next(plan)
             while True:
                 try:
-                    reply = scripts[call.script](keys=call.keys, args=call.args)
+                    if isinstance(call, Commands):
+                        pipe = self.client.pipeline(transaction=False)
+                        for command in call.commands:
+                            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                        reply = pipe.execute()
+                    else:
+                        reply = scripts[call.script](keys=call.keys, args=call.args)
                 except RedisError as exc:
                     raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
                 call = plan.send(reply)
@@ -909,23 +1343,25 @@ class RedisStore(BaseStore):
         user_id: str | None,
         expected_version: int | None,
     ) -> int:
-        return self._drive(
-            self._ops.save(
-                sid,
-                batch,
-                ttl_ms=ttl_ms,
-                metadata=metadata,
-                user_id=user_id,
-                expected_version=expected_version,
-            )
+        receipt = self.write_save(
+            sid,
+            batch=batch,
+            ttl_ms=ttl_ms,
+            metadata=metadata,
+            user_id=user_id,
+            expected_version=expected_version,
         )
+        assert receipt is not None
+        return receipt.version
 
     def _append(
         self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
     ) -> int:
-        return self._drive(
-            self._ops.append(sid, batch, ttl_ms=ttl_ms, expected_version=expected_version)
+        receipt = self.write_append(
+            sid, batch=batch, ttl_ms=ttl_ms, expected_version=expected_version
         )
+        assert receipt is not None
+        return receipt.version
 
     def _load(self, sid: str, last: int | None) -> list[Message]:
         return self._drive(self._ops.load(sid, last))
@@ -940,7 +1376,7 @@ class RedisStore(BaseStore):
         return self._drive(self._ops.exists(sid))
 
     def _merge_metadata(self, sid: str, updates: FrozenDict) -> FrozenDict:
-        return self._drive(self._ops.merge_metadata(sid, updates))
+        return self.write_merge_metadata(sid, updates)[0]
 
     def _delete(self, sid: str) -> bool:
         return self._drive(self._ops.delete(sid))
@@ -950,6 +1386,139 @@ class RedisStore(BaseStore):
 
     def _fork(self, src: str, dst: str, *, ttl_ms: int | None) -> int:
         return self._drive(self._ops.fork(src, dst, ttl_ms=ttl_ms or self.default_ttl_ms))
+
+    # -- the tiered layer (TieredStore's view of this tier) ---------------------
+    #
+    # These take prepared input (a validated Batch, FrozenDict metadata, TTLs
+    # in ms) like the primitives above; session ids are checked again (cheap).
+
+    def write_save(
+        self,
+        sid: str,
+        *,
+        batch: Batch,
+        ttl_ms: int | None,
+        metadata: FrozenDict | None,
+        user_id: str | None,
+        expected_version: int | None,
+        create: bool = True,
+    ) -> WriteReceipt | None:
+        """``save`` returning where its messages landed; ``None`` (nothing written)
+        when ``create=False`` and the session is missing here."""
+        return self._drive(
+            self._ops.save(
+                self._sid(sid),
+                batch,
+                ttl_ms=ttl_ms,
+                metadata=metadata,
+                user_id=user_id,
+                expected_version=expected_version,
+                create=create,
+            )
+        )
+
+    def write_append(
+        self,
+        sid: str,
+        *,
+        batch: Batch,
+        ttl_ms: int | None,
+        expected_version: int | None,
+        create: bool = True,
+    ) -> WriteReceipt | None:
+        """``append`` returning where its messages landed; ``None`` (nothing written)
+        when ``create=False`` and the session is missing here."""
+        return self._drive(
+            self._ops.append(
+                self._sid(sid),
+                batch,
+                ttl_ms=ttl_ms,
+                expected_version=expected_version,
+                create=create,
+            )
+        )
+
+    def write_merge_metadata(
+        self, sid: str, updates: FrozenDict
+    ) -> tuple[FrozenDict, WriteReceipt]:
+        """``merge_metadata`` returning the merged metadata and a receipt
+        (``first_seq == next_seq``: no message was written)."""
+        return self._drive(self._ops.merge_metadata(self._sid(sid), updates))
+
+    def snapshot(
+        self, sid: str, last: int | None = None, *, refresh: bool = False
+    ) -> Snapshot | None:
+        """The session's hot window (its newest ``last`` entries) with seqs and
+        bookkeeping in one round trip, or ``None`` if missing. ``refresh``
+        slides the expiry by the stored TTL in the same script. Spilled
+        entries are not part of it."""
+        if last is not None and last < 0:
+            raise InvalidInput(f"last must be a non-negative integer, got {last!r}")
+        return self._drive(self._ops.snapshot(self._sid(sid), last, refresh))
+
+    def restore(self, snapshot: Snapshot) -> bool:
+        """Write ``snapshot`` (a window another tier chose) only if the session is
+        absent here; ``False`` when present or when its ``expires_ms`` has passed.
+
+        Seqs, kinds, version, times, user, metadata, next/base seq and the
+        absolute expiry are kept as given; nothing is trimmed. No invalidation
+        is published: the logical state did not change.
+        """
+        self._sid(snapshot.sid)
+        return self._drive(self._ops.restore(snapshot))
+
+    def history_page(
+        self, sid: str, before: int | None, limit: int
+    ) -> list[tuple[int, Message]] | None:
+        """The newest ``limit`` messages with seq below ``before`` (any when
+        ``None``), window and spill list together, oldest first, as
+        ``(seq, message)``; ``None`` if the session is missing. One round trip."""
+        check_limit(limit, maximum=100_000)
+        return self._drive(self._ops.history_page(self._sid(sid), before, limit))
+
+    def list_keys(
+        self, user_id: str | None, limit: int, position: tuple[int, str] | None, order: Order
+    ) -> list[tuple[int, str]]:
+        """Up to ``limit`` ``(updated_ms, session_id)`` of live sessions strictly
+        after ``position`` in ``order``: the keyset behind :meth:`list`."""
+        check_limit(limit, maximum=100_001)
+        return self._drive(self._ops.list_keys(user_id, limit, position, order))
+
+    def exists_many(self, sids: Sequence[str]) -> list[bool]:
+        """Whether each session is live here, in one pipelined round trip."""
+        return self._drive(self._ops.exists_many([self._sid(sid) for sid in sids]))
+
+    def drop(self, sid: str) -> bool:
+        """Remove the session from this tier (as :meth:`delete`, publishing the
+        invalidation): for copies known to be stale."""
+        return self._delete(self._sid(sid))
+
+    # -- archival support ---------------------------------------------------------
+
+    def spilled(self, sid: str, limit: int | None = None) -> list[Spilled]:
+        """The oldest ``limit`` (all by default) spilled entries, oldest first.
+
+        With ``spill=True`` these are the messages trims moved out of the hot
+        window and the archive does not yet hold; ``[]`` when there are none.
+        """
+        if limit is not None:
+            check_limit(limit, maximum=1_000_000)
+        return self._drive(self._ops.spilled(self._sid(sid), limit))
+
+    def drain_spill(self, sid: str, upto_seq: int, *, created_ms: int | None = None) -> int:
+        """Atomically remove the spilled entries with seq ``<= upto_seq``; how many.
+
+        Pass the ``created_ms`` of the snapshot the entries were archived with
+        so that a session deleted and re-created meanwhile (whose seqs start
+        again at 0) loses nothing: then nothing is removed.
+        """
+        return self._drive(self._ops.drain_spill(self._sid(sid), upto_seq, created_ms))
+
+    def evict(self, sid: str, *, created_ms: int, version: int) -> bool:
+        """Compare-and-delete for archival: remove the session (spill included)
+        only while it is still that generation; no invalidation is published
+        (the archive holds the same state). ``True`` if removed."""
+        return self._drive(self._ops.evict(self._sid(sid), created_ms, version))
 
     # -- maintenance ------------------------------------------------------------
 
