@@ -6,6 +6,7 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -36,16 +37,24 @@ def demo(as_json: bool) -> None:
     sid = f"demo-{uuid.uuid4().hex[:8]}"
     try:
         click.echo(f"tiers: {' -> '.join(store.stats()['tiers'])} (durability={store.durability})")
-        store.save(sid, [Message("system", "You are a helpful assistant."),
-                         Message("user", "What is the capital of France?")],
-                   metadata={"title": "Geography"}, user_id="demo-user")
+        store.save(
+            sid,
+            [
+                Message("system", "You are a helpful assistant."),
+                Message("user", "What is the capital of France?"),
+            ],
+            metadata={"title": "Geography"},
+            user_id="demo-user",
+        )
         store.append(sid, Message("assistant", "Paris."))
         for attempt in (1, 2):
             started = time.perf_counter()
             session = store.get(sid)
             micros = (time.perf_counter() - started) * 1e6
-            click.echo(f"read {attempt}: {session.message_count} messages, "
-                       f"version {session.version}, served by {session.tier} in {micros:.0f} µs")
+            click.echo(
+                f"read {attempt}: {session.message_count} messages, "
+                f"version {session.version}, served by {session.tier} in {micros:.0f} µs"
+            )
         for message in store.load(sid):
             click.echo(f"  {message.role:>9}: {message.content}")
         stats = store.stats()
@@ -67,8 +76,12 @@ def _fmt(values: dict[str, Any]) -> str:
 
 
 @cli.command()
-@click.option("--database-url", envvar="TIEREDSTORE_DATABASE_URL", required=True,
-              help="Archive database URL (or TIEREDSTORE_DATABASE_URL).")
+@click.option(
+    "--database-url",
+    envvar="TIEREDSTORE_DATABASE_URL",
+    required=True,
+    help="Archive database URL (or TIEREDSTORE_DATABASE_URL).",
+)
 @click.option("--revision", default="head", show_default=True)
 def migrate(database_url: str, revision: str) -> None:
     """Upgrade the archive schema (Alembic) to REVISION."""
@@ -79,6 +92,138 @@ def migrate(database_url: str, revision: str) -> None:
     except TieredStoreError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"archive at {revision}")
+
+
+@cli.group()
+def maintain() -> None:
+    """Run a maintenance task once, as the worker does (see the README's operations section).
+
+    The store comes from the TIEREDSTORE_* environment variables.
+    """
+
+
+def _maintenance_options(fn: Callable[..., None]) -> Callable[..., None]:
+    options = [
+        click.option("--dry-run", is_flag=True, help="Count what would change; change nothing."),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1, 100_000),
+            default=500,
+            show_default=True,
+            help="Sessions per batch (one transaction/script each).",
+        ),
+        click.option(
+            "--max-batches",
+            type=click.IntRange(1),
+            default=None,
+            help="Stop after this many batches (default: until done).",
+        ),
+        click.option(
+            "--time-budget",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Stop starting batches after this many seconds.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run_maintenance(task: Callable[..., Any], as_json: bool, **kwargs: Any) -> None:
+    """Run ``task`` on the store from the environment with a progress bar on stderr."""
+    from tieredstore.store import TieredStore
+
+    bar: Any = None
+    shown = 0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar, shown
+        if bar is None:
+            if as_json or not sys.stderr.isatty() or total <= kwargs["batch_size"]:
+                return
+            bar = click.progressbar(length=total, label="sessions", file=sys.stderr)
+            bar.__enter__()
+        bar.length = max(bar.length or 0, total)
+        bar.update(done - shown)
+        shown = done
+
+    store = TieredStore.from_env(memory_max_bytes=None, listen=False)
+    try:
+        result = task(store, progress=progress, **kwargs)
+    except TieredStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+        store.close()
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        click.echo(_fmt(result.as_dict()))
+
+
+@maintain.command("expire")
+@_maintenance_options
+def maintain_expire(as_json: bool, **kwargs: Any) -> None:
+    """Remove expired sessions from Redis and the archive; repair the Redis index."""
+    from tieredstore.maintenance import expire
+
+    _run_maintenance(expire, as_json, **kwargs)
+
+
+@maintain.command("archive")
+@click.option(
+    "--archive-after",
+    type=click.FloatRange(min=0),
+    envvar="TIEREDSTORE_ARCHIVE_AFTER",
+    default=3600.0,
+    show_default=True,
+    help="Archive sessions idle this many seconds (or TIEREDSTORE_ARCHIVE_AFTER).",
+)
+@_maintenance_options
+def maintain_archive(as_json: bool, **kwargs: Any) -> None:
+    """Copy idle sessions from Redis to the archive, then evict the unchanged ones."""
+    from tieredstore.maintenance import archive_idle
+
+    _run_maintenance(archive_idle, as_json, **kwargs)
+
+
+@maintain.command("trim")
+@click.option(
+    "--max-messages",
+    type=click.IntRange(1),
+    default=None,
+    help="Message limit (default: TIEREDSTORE_MAX_MESSAGES).",
+)
+@click.option(
+    "--max-bytes",
+    type=click.IntRange(1),
+    envvar="TIEREDSTORE_TRIM_MAX_BYTES",
+    default=None,
+    help="Byte limit per session (or TIEREDSTORE_TRIM_MAX_BYTES).",
+)
+@click.option(
+    "--keep-trimmed/--drop-trimmed",
+    default=None,
+    help="Keep trimmed messages in the archive (default: when there is one).",
+)
+@_maintenance_options
+def maintain_trim(as_json: bool, **kwargs: Any) -> None:
+    """Enforce the message and byte limits on hot and archived sessions."""
+    from tieredstore.maintenance import trim
+
+    _run_maintenance(trim, as_json, **kwargs)
+
+
+def _register_archive_commands() -> None:
+    from tieredstore.cli_archive import register
+
+    register(cli)
+
+
+_register_archive_commands()
 
 
 def main() -> None:

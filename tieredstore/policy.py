@@ -27,6 +27,7 @@ __all__ = [
     "leading_system",
     "message_kind",
     "plan_trim",
+    "plan_trim_bytes",
 ]
 
 KIND_SYSTEM = "s"
@@ -79,5 +80,32 @@ def plan_trim(
     if drop == 0:
         return lead, 0
     while lead + drop < len(kinds) and kinds[lead + drop] == KIND_TOOL_RESULT:
+        drop += 1
+    return lead, drop
+
+
+def plan_trim_bytes(
+    kinds: Sequence[str],
+    sizes: Sequence[int],
+    max_messages: int | None,
+    max_bytes: int | None,
+    lead: int | None = None,
+) -> tuple[int, int]:
+    """:func:`plan_trim` under a byte budget too: ``(lead, drop)`` as there.
+
+    ``sizes`` are the encoded sizes of the messages; after the count rule the
+    oldest of the rest keep going until the history fits ``max_bytes`` (the
+    leading system messages and the newest message always stay), then the
+    tool-result rule applies as before, so no tool result outlives its call.
+    """
+    lead, drop = plan_trim(kinds, max_messages, lead)
+    if max_bytes is None:
+        return lead, drop
+    count = len(kinds)
+    total = sum(sizes) - sum(sizes[lead : lead + drop])
+    while total > max_bytes and lead + drop < count - 1:
+        total -= sizes[lead + drop]
+        drop += 1
+    while lead + drop < count and kinds[lead + drop] == KIND_TOOL_RESULT:
         drop += 1
     return lead, drop

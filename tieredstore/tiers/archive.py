@@ -27,7 +27,8 @@ receipts and snapshots, and apply writes made in another tier by seq.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -40,6 +41,7 @@ from tieredstore.codec import decode_cursor, decode_message, encode_cursor, enco
 from tieredstore.core import (
     Batch,
     Order,
+    check_limit,
     check_session_id,
     from_ms,
     merge_metadata,
@@ -54,7 +56,13 @@ from tieredstore.errors import (
     VersionConflict,
 )
 from tieredstore.model import EMPTY_METADATA, FrozenDict, Message, Page, Session, freeze_json
-from tieredstore.policy import KIND_SYSTEM, leading_system, plan_trim
+from tieredstore.policy import (
+    KIND_SYSTEM,
+    leading_system,
+    message_kind,
+    plan_trim,
+    plan_trim_bytes,
+)
 from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import normalize_url
 from tieredstore.schema import sessions as SESSIONS
@@ -62,7 +70,7 @@ from tieredstore.schema import sessions as SESSIONS
 if TYPE_CHECKING:
     from tieredstore.tiers.transfer import Snapshot, WriteReceipt
 
-__all__ = ["ArchiveStore", "create_engine"]
+__all__ = ["ArchiveCopy", "ArchiveStore", "PreparedCopies", "create_engine"]
 
 T = TypeVar("T")
 
@@ -172,6 +180,59 @@ _PG_INSERT = (
 )
 _INSERT_MESSAGES_PG = sa.text(_PG_INSERT)
 _INSERT_NEW_MESSAGES_PG = sa.text(_PG_INSERT + " ON CONFLICT DO NOTHING")
+
+
+# Maintenance: expired rows (skipping rows a writer holds), sessions by id, sizes.
+_SELECT_EXPIRED = (
+    sa.select(_S.session_id)
+    .where(_S.namespace == _NS, _S.expires_ms <= _NOW)
+    .order_by(_S.expires_ms)
+    .limit(_LAST)
+    .with_for_update(skip_locked=True)
+)
+_SESSION_IDS_AFTER = (
+    sa.select(_S.session_id)
+    .where(_S.namespace == _NS, _S.session_id > sa.bindparam("after"))
+    .order_by(_S.session_id)
+    .limit(_LAST)
+)
+_SIZES = (
+    sa.select(_M.session_id, sa.func.count(), sa.func.sum(sa.func.length(_M.payload)))
+    .where(_M.namespace == _NS, _M.session_id.in_(sa.bindparam("ids", expanding=True)))
+    .group_by(_M.session_id)
+)
+_SEQ_KIND_SIZES = (
+    sa.select(_M.seq, _M.kind, sa.func.length(_M.payload).label("size"))
+    .where(_MKEY)
+    .order_by(_M.seq)
+)
+# absorb_many(): lock a batch's existing rows (in id order: no deadlocks between batches).
+_LOCK_ROWS = (
+    sa.select(_S.session_id, *_SESSION_COLUMNS)
+    .where(_S.namespace == _NS, _S.session_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(_S.session_id)
+    .with_for_update()
+)
+_ABSORB_COLUMNS = (
+    "session_id", "user_id", "metadata", "created_ms", "updated_ms", "expires_ms", "ttl_ms",
+    "version", "message_count", "next_seq", "base_seq", "lead",
+)
+_ABSORB_TYPES = (
+    "varchar", "varchar", "jsonb", "bigint", "bigint", "bigint", "bigint",
+    "bigint", "integer", "bigint", "bigint", "integer",
+)
+# PostgreSQL: create a batch of sessions in one statement; RETURNING says which were new.
+_PG_CREATE_SESSIONS = sa.text(
+    f"INSERT INTO {SESSIONS.name} (namespace, {', '.join(_ABSORB_COLUMNS)}) "
+    f"SELECT :ns, u.* FROM unnest("
+    + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(_ABSORB_COLUMNS, _ABSORB_TYPES, strict=True))
+    + ") AS u ON CONFLICT DO NOTHING RETURNING session_id"
+)
+_PG_COPY_MESSAGES = (
+    f"COPY {MESSAGES.name} (namespace, session_id, seq, created_ms, role, kind, payload, "
+    "content_text) FROM STDIN (FORMAT BINARY)"
+)
+_PG_COPY_TYPES = ("text", "text", "int8", "int8", "text", "text", "bytea", "text")
 
 
 def _pg_append_statement(with_ttl: bool, with_version: bool) -> sa.TextClause:
@@ -392,6 +453,94 @@ def _snapshot_batch(snapshot: Snapshot) -> Batch:
     """A snapshot's messages re-encoded as a :class:`Batch` (they were valid when written)."""
     payloads = tuple(encode_json(message) for message in snapshot.messages)
     return Batch(snapshot.messages, payloads, snapshot.kinds, sum(map(len, payloads)))
+
+
+def _subset(batch: Batch, keep: Sequence[int]) -> Batch:
+    payloads = tuple(batch.payloads[i] for i in keep)
+    return Batch(tuple(batch.messages[i] for i in keep), payloads,
+                 "".join(batch.kinds[i] for i in keep), sum(map(len, payloads)))
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveCopy:
+    """One session as another tier hands it to :meth:`ArchiveStore.absorb_many`.
+
+    The bookkeeping of that tier's copy plus messages by seq, oldest first:
+    ``payloads`` are the encoded messages (stored byte for byte), ``messages``
+    the same decoded (any mapping; for role and search text; ``None``: decoded
+    from ``payloads`` when needed), ``stamps`` their write times in ms
+    (``None``: ``updated_ms``). Messages below ``base_seq`` are ignored (a
+    save replaced them).
+    """
+
+    sid: str
+    created_ms: int
+    updated_ms: int
+    version: int
+    expires_ms: int | None
+    ttl_ms: int | None
+    next_seq: int
+    base_seq: int
+    metadata: FrozenDict
+    user_id: str | None
+    seqs: Sequence[int]
+    kinds: str
+    payloads: Sequence[bytes]
+    messages: Sequence[Mapping[str, Any]] | None = None
+    stamps: Sequence[int] | None = None
+
+    @classmethod
+    def of(
+        cls, snapshot: Snapshot, spilled: Iterable[tuple[int, Message]] = ()
+    ) -> ArchiveCopy:
+        """A snapshot plus the older messages its tier spilled (``(seq, message)``)."""
+        pairs = {seq: message for seq, message in spilled}
+        pairs.update(zip(snapshot.seqs, snapshot.messages, strict=True))
+        seqs = sorted(seq for seq in pairs if seq >= snapshot.base_seq)
+        messages = [pairs[seq] for seq in seqs]
+        return cls(
+            sid=snapshot.sid,
+            created_ms=snapshot.created_ms,
+            updated_ms=snapshot.updated_ms,
+            version=snapshot.version,
+            expires_ms=snapshot.expires_ms,
+            ttl_ms=snapshot.ttl_ms,
+            next_seq=snapshot.next_seq,
+            base_seq=snapshot.base_seq,
+            metadata=snapshot.metadata,
+            user_id=snapshot.user_id,
+            seqs=seqs,
+            kinds="".join(message_kind(m) for m in messages),
+            payloads=[encode_json(m) for m in messages],
+            messages=messages,
+        )
+
+    def decoded(self) -> Sequence[Mapping[str, Any]]:
+        if self.messages is not None:
+            return self.messages
+        return [orjson.loads(payload) for payload in self.payloads]
+
+    def batch(self) -> Batch:
+        """The messages as a :class:`Batch` (they were validated when first written)."""
+        messages: Any = tuple(self.decoded())
+        return Batch(messages, tuple(self.payloads), self.kinds, sum(map(len, self.payloads)))
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCopies:
+    """Copies for :meth:`ArchiveStore.absorb_many` with their rows already built.
+
+    Building rows (decoding each message for its role and search text) is CPU
+    work without I/O, so :meth:`ArchiveStore.prepare` can run in another
+    thread while an earlier batch is being written.
+    """
+
+    namespace: str
+    copies: Sequence[ArchiveCopy]
+    sessions: Sequence[tuple[Any, ...]]
+    """Per copy: the new session row's values, in ``_ABSORB_COLUMNS`` order."""
+    messages: Sequence[Sequence[tuple[Any, ...]]]
+    """Per copy: its message rows for ``COPY`` (PostgreSQL only; else empty)."""
 
 
 class ArchiveStore(BaseStore):
@@ -1132,9 +1281,129 @@ class ArchiveStore(BaseStore):
             user_id=snapshot.user_id,
         )
 
+    def prepare(self, copies: Sequence[ArchiveCopy]) -> PreparedCopies:
+        """Check ``copies`` and build their rows for :meth:`absorb_many` (no I/O)."""
+        ids = [copy.sid for copy in copies]
+        if len(set(ids)) != len(ids):
+            raise InvalidInput("absorb_many got the same session twice")
+        for sid in ids:
+            self._sid(sid)
+        if not self._pg:
+            return PreparedCopies(self.namespace, copies, [], [])
+        ns = self.namespace
+        loads = orjson.loads
+        sessions: list[tuple[Any, ...]] = []
+        messages: list[list[tuple[Any, ...]]] = []
+        for copy in copies:
+            sid, base, kinds, payloads = copy.sid, copy.base_seq, copy.kinds, copy.payloads
+            stamps = copy.stamps or [copy.updated_ms] * len(copy.seqs)
+            decoded = copy.messages
+            rows: list[tuple[Any, ...]] = []
+            kept: list[str] = []
+            for i, seq in enumerate(copy.seqs):
+                if seq < base:
+                    continue
+                message = decoded[i] if decoded is not None else loads(payloads[i])
+                kept.append(kinds[i])
+                rows.append((ns, sid, seq, stamps[i], _no_nul(message["role"]), kinds[i],
+                             payloads[i], _content_text(message)))
+            messages.append(rows)
+            sessions.append((
+                sid, copy.user_id, _json_dumps(copy.metadata), copy.created_ms,
+                copy.updated_ms, copy.expires_ms, copy.ttl_ms, copy.version, len(rows),
+                copy.next_seq, base, leading_system(kept),
+            ))
+        return PreparedCopies(ns, copies, sessions, messages)
+
+    def absorb_many(self, copies: Sequence[ArchiveCopy] | PreparedCopies) -> list[bool]:
+        """Upsert sessions copied from another tier, all in one transaction (archival).
+
+        Per session, as :meth:`restore`: messages land at their seqs and
+        stored seqs are left alone (so absorbing the same copy twice changes
+        nothing), rows below ``base_seq`` go (a save replaced them), and the
+        bookkeeping changes only for a version at least as new. Sessions the
+        archive does not hold yet are created in bulk (on PostgreSQL one
+        ``INSERT`` for the rows and one binary ``COPY`` for the messages).
+        ``copies`` may come from :meth:`prepare`. Returns, per copy, ``False``
+        if the archive holds a newer incarnation.
+        """
+        prepared = copies if isinstance(copies, PreparedCopies) else self.prepare(copies)
+        if prepared.namespace != self.namespace:
+            raise InvalidInput("these copies were prepared for another namespace")
+        ids = [copy.sid for copy in prepared.copies]
+        if not ids:
+            return []
+
+        def work(conn: sa.Connection) -> list[bool]:
+            rows = {row.session_id: row for row in conn.execute(
+                _LOCK_ROWS, {"ns": self.namespace, "ids": sorted(ids)})}
+            done: dict[str, bool] = {}
+            fresh: list[int] = []
+            for index, copy in enumerate(prepared.copies):
+                row = rows.get(copy.sid)
+                if row is None and self._pg:
+                    fresh.append(index)
+                    continue
+                keep = [i for i, seq in enumerate(copy.seqs) if seq >= copy.base_seq]
+                batch = copy.batch()
+                if len(keep) < len(batch):
+                    batch = _subset(batch, keep)
+                done[copy.sid] = self._apply_locked(
+                    conn, copy.sid, row, batch, [copy.seqs[i] for i in keep],
+                    created_ms=copy.created_ms, updated_ms=copy.updated_ms,
+                    version=copy.version, expires_ms=copy.expires_ms, ttl_ms=copy.ttl_ms,
+                    next_seq=copy.next_seq, base_seq=copy.base_seq, metadata=copy.metadata,
+                    user_id=copy.user_id,
+                )
+            if fresh:
+                self._create_many(conn, prepared, fresh)
+            return [done.get(sid, True) for sid in ids]
+
+        return self._run(work, self._writer)
+
+    def _create_many(self, conn: sa.Connection, prepared: PreparedCopies,
+                     fresh: Sequence[int]) -> None:
+        """PostgreSQL: create the sessions ``fresh`` (indices) with their messages, in bulk.
+
+        A session created concurrently since the rows were locked makes the
+        insert skip it; the transaction is then retried, and finds the row.
+        """
+        values = [prepared.sessions[i] for i in fresh]
+        columns = {name: [row[k] for row in values] for k, name in enumerate(_ABSORB_COLUMNS)}
+        created = conn.execute(_PG_CREATE_SESSIONS, {"ns": self.namespace, **columns}).all()
+        if len(created) < len(fresh):
+            raise _Retry
+        dbapi: Any = conn.connection.driver_connection
+        with dbapi.cursor() as cursor, cursor.copy(_PG_COPY_MESSAGES) as copy_in:
+            copy_in.set_types(_PG_COPY_TYPES)
+            write = copy_in.write_row
+            for i in fresh:
+                for row in prepared.messages[i]:
+                    write(row)
+
     def _apply(
         self,
         sid: str,
+        batch: Batch,
+        seqs: Sequence[int],
+        **bookkeeping: Any,
+    ) -> bool:
+        """Merge messages at known seqs plus versioned bookkeeping into the stored session.
+
+        ``bookkeeping`` is that of :meth:`_apply_locked`, which runs in one transaction here.
+        """
+
+        def work(conn: sa.Connection) -> bool:
+            return self._apply_locked(conn, sid, self._lock_row(conn, sid), batch, seqs,
+                                      **bookkeeping)
+
+        return self._run(work, self._writer)
+
+    def _apply_locked(
+        self,
+        conn: sa.Connection,
+        sid: str,
+        row: Any,
         batch: Batch,
         seqs: Sequence[int],
         *,
@@ -1148,90 +1417,110 @@ class ArchiveStore(BaseStore):
         metadata: FrozenDict | None,
         user_id: str | None,
     ) -> bool:
-        """Merge messages at known seqs plus versioned bookkeeping into the stored session.
+        """:meth:`_apply` inside the caller's transaction; ``row`` is the locked session row.
 
         ``base_seq`` (``None``: unchanged) is where the writer's history starts.
         """
-        everything = range(len(batch))
-
-        def work(conn: sa.Connection) -> bool:
-            now = self._now_ms()
-            row = self._lock_row(conn, sid)
-            if row is not None and row.created_ms > created_ms and self._is_live(row, now):
-                return False  # a newer incarnation of the session is stored
-            if row is None or row.created_ms != created_ms:
-                # A new incarnation: it replaces whatever is stored.
-                start = base_seq if base_seq is not None else (seqs[0] if seqs else next_seq)
-                fresh = self._new_values(
-                    created_ms=created_ms,
-                    updated_ms=updated_ms,
-                    ttl_ms=ttl_ms,
-                    expires_ms=expires_ms,
-                    version=version,
-                    count=len(batch),
-                    next_seq=next_seq,
-                    base_seq=start,
-                    lead=leading_system(batch.kinds),
-                    metadata=metadata,
-                    user_id=user_id,
-                )
-                self._renew(conn, sid, row, fresh)
-                self._insert_messages(conn, sid, batch, everything, seqs, updated_ms)
-                # An append whose earlier messages this tier never saw leaves a gap.
-                return start == 0 or base_seq is not None
-            base = row.base_seq if base_seq is None else max(row.base_seq, base_seq)
-            deleted = 0
-            if base > row.base_seq:
-                deleted = conn.execute(
-                    _DELETE_MESSAGES_BEFORE, self._params(sid, base=base)
-                ).rowcount
-            keep = [i for i, seq in enumerate(seqs) if seq >= base]
-            inserted = self._insert_messages(
-                conn,
-                sid,
-                batch,
-                keep,
-                [seqs[i] for i in keep],
-                updated_ms,
-                skip_existing=True,
+        now = self._now_ms()
+        if row is not None and row.created_ms > created_ms and self._is_live(row, now):
+            return False  # a newer incarnation of the session is stored
+        if row is None or row.created_ms != created_ms:
+            # A new incarnation: it replaces whatever is stored.
+            first = seqs[0] if seqs else next_seq
+            # An out-of-order append does not know where the history starts: assume
+            # its beginning, so earlier messages arriving later are still kept.
+            start = base_seq if base_seq is not None else 0
+            fresh = self._new_values(
+                created_ms=created_ms,
+                updated_ms=updated_ms,
+                ttl_ms=ttl_ms,
+                expires_ms=expires_ms,
+                version=version,
+                count=len(batch),
+                next_seq=next_seq,
+                base_seq=start,
+                lead=leading_system(batch.kinds),
+                metadata=metadata,
+                user_id=user_id,
             )
-            values: dict[str, Any] = {
-                "message_count": row.message_count - deleted + inserted,
-                "next_seq": max(row.next_seq, next_seq),
-                "base_seq": base,
-            }
-            if version > row.version:
-                values.update(
-                    version=version,
-                    updated_ms=max(updated_ms, row.updated_ms),
-                    expires_ms=expires_ms,
-                    ttl_ms=ttl_ms,
-                )
-                if metadata is not None:
-                    values["metadata"] = metadata
-                if user_id is not None:
-                    values["user_id"] = user_id
-            if deleted or inserted:
-                values["lead"] = conn.execute(_LEAD, self._params(sid)).scalar_one()
-            conn.execute(_UPDATE_ROW, self._params(sid, **values))
-            return True
-
-        return self._run(work, self._writer)
+            self._renew(conn, sid, row, fresh)
+            self._insert_messages(conn, sid, batch, range(len(batch)), seqs, updated_ms)
+            # An append whose earlier messages this tier never saw leaves a gap.
+            return first == 0 or base_seq is not None
+        base = row.base_seq if base_seq is None else max(row.base_seq, base_seq)
+        deleted = 0
+        if base > row.base_seq:
+            deleted = conn.execute(_DELETE_MESSAGES_BEFORE, self._params(sid, base=base)).rowcount
+        keep = [i for i, seq in enumerate(seqs) if seq >= base]
+        inserted = self._insert_messages(
+            conn,
+            sid,
+            batch,
+            keep,
+            [seqs[i] for i in keep],
+            updated_ms,
+            skip_existing=True,
+        )
+        values: dict[str, Any] = {
+            "message_count": row.message_count - deleted + inserted,
+            "next_seq": max(row.next_seq, next_seq),
+            "base_seq": base,
+        }
+        if version > row.version:
+            values.update(
+                version=version,
+                updated_ms=max(updated_ms, row.updated_ms),
+                expires_ms=expires_ms,
+                ttl_ms=ttl_ms,
+            )
+            if metadata is not None:
+                values["metadata"] = metadata
+            if user_id is not None:
+                values["user_id"] = user_id
+        if deleted or inserted:
+            values["lead"] = conn.execute(_LEAD, self._params(sid)).scalar_one()
+        conn.execute(_UPDATE_ROW, self._params(sid, **values))
+        return True
 
     # -- maintenance ----------------------------------------------------------
 
-    def purge_expired(self, *, batch_size: int = 1000) -> int:
+    def purge_expired(
+        self,
+        *,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+        live: Callable[[list[str]], Mapping[str, int | None]] | None = None,
+    ) -> int:
         """Delete this namespace's expired sessions, ``batch_size`` per transaction.
 
         Returns how many were deleted. Reads already treat them as missing;
-        this reclaims their rows.
+        this reclaims their rows. See :meth:`purge_expired_batch` for ``live``.
         """
-        select_expired = (
-            sa.select(_S.session_id)
-            .where(_S.namespace == _NS, _S.expires_ms <= _NOW)
-            .limit(batch_size)
-            .with_for_update(skip_locked=True)
-        )
+        total = 0
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            batches += 1
+            seen, purged = self.purge_expired_batch(batch_size, live=live)
+            total += purged
+            if seen < batch_size:
+                break
+        return total
+
+    def purge_expired_batch(
+        self,
+        batch_size: int,
+        *,
+        live: Callable[[list[str]], Mapping[str, int | None]] | None = None,
+        now_ms: int | None = None,
+    ) -> tuple[int, int]:
+        """One transaction of :meth:`purge_expired`: ``(expired rows seen, deleted)``.
+
+        ``live(ids)`` names the sessions another tier still holds alive, with
+        their expiry there (``None``: none): those rows are not deleted but
+        take that expiry, since the archive's copy of a session that lives on
+        in Redis is only as old as its last archival.
+        """
+        check_limit(batch_size, "batch_size", maximum=100_000)
         ids_param: sa.BindParameter[list[str]] = sa.bindparam("ids", expanding=True)
         delete_messages = sa.delete(MESSAGES).where(
             _M.namespace == _NS, _M.session_id.in_(ids_param)
@@ -1241,20 +1530,74 @@ class ArchiveStore(BaseStore):
         )
 
         def work(conn: sa.Connection) -> tuple[int, int]:
-            params: dict[str, Any] = {"ns": self.namespace, "now": self._now_ms()}
-            ids = conn.execute(select_expired, params).scalars().all()
+            now = self._now_ms() if now_ms is None else now_ms
+            params: dict[str, Any] = {"ns": self.namespace, "now": now, "last": batch_size}
+            ids = list(conn.execute(_SELECT_EXPIRED, params).scalars())
             if not ids:
                 return 0, 0
-            params["ids"] = list(ids)
+            kept = live(ids) if live is not None else {}
+            for sid, expires in kept.items():
+                conn.execute(_UPDATE_ROW, self._params(sid, expires_ms=expires))
+            params["ids"] = [sid for sid in ids if sid not in kept]
+            if not params["ids"]:
+                return len(ids), 0
             conn.execute(delete_messages, params)
             return len(ids), int(conn.execute(delete_sessions, params).rowcount)
 
-        total = 0
-        while True:
-            seen, purged = self._run(work, self._writer)
-            total += purged
-            if seen < batch_size:
-                return total
+        return self._run(work, self._writer)
+
+    def trim_batch(
+        self,
+        *,
+        max_messages: int | None,
+        max_bytes: int | None,
+        batch_size: int,
+        after: str | None = None,
+        dry_run: bool = False,
+    ) -> tuple[list[str], int, int]:
+        """Enforce the trim policy on up to ``batch_size`` sessions after ``after`` (by id).
+
+        One transaction: ``(ids scanned, sessions trimmed, messages deleted)``;
+        pass the last id scanned as ``after`` to continue, ``[]`` means the end.
+        The policy is :func:`tieredstore.policy.plan_trim_bytes` over the stored
+        history; the version is left alone (a retention step, not a write).
+        """
+        check_limit(batch_size, "batch_size", maximum=100_000)
+
+        def work(conn: sa.Connection) -> tuple[list[str], int, int]:
+            params: dict[str, Any] = {"ns": self.namespace, "after": after or "",
+                                      "last": batch_size}
+            ids = list(conn.execute(_SESSION_IDS_AFTER, params).scalars())
+            if not ids:
+                return [], 0, 0
+            params["ids"] = ids
+            trimmed = dropped = 0
+            for sid, count, nbytes in conn.execute(_SIZES, params):
+                over_count = max_messages is not None and count > max_messages
+                over_bytes = max_bytes is not None and nbytes > max_bytes
+                if not (over_count or over_bytes):
+                    continue
+                if self._lock_row(conn, sid) is None:
+                    continue
+                rows = conn.execute(_SEQ_KIND_SIZES, self._params(sid)).all()
+                kinds = "".join(row.kind for row in rows)
+                lead, drop = plan_trim_bytes(
+                    kinds, [row.size for row in rows], max_messages, max_bytes
+                )
+                if not drop:
+                    continue
+                trimmed += 1
+                dropped += drop
+                if dry_run:
+                    continue
+                low, high = rows[lead].seq, rows[lead + drop - 1].seq
+                conn.execute(_DELETE_MESSAGE_RANGE, self._params(sid, low=low, high=high))
+                kept = kinds[:lead] + kinds[lead + drop :]
+                conn.execute(_UPDATE_ROW, self._params(
+                    sid, message_count=len(kept), lead=leading_system(kept)))
+            return ids, trimmed, dropped
+
+        return self._run(work, self._writer)
 
     def stats(self) -> dict[str, int]:
         """Row counts for this namespace: sessions (live and expired) and messages."""

@@ -1,0 +1,249 @@
+"""``archive_idle`` throughput against raw psycopg COPY: ``python -m benchmarks.bench_archive``.
+
+Each round fills Redis with fresh sessions of 20 messages through the store,
+then measures, in alternating order:
+
+* **archive_idle**: Redis → PostgreSQL end to end (idle scan, atomic read of
+  each batch, one archive transaction per batch, compare-and-delete from
+  Redis), in sessions per second;
+* **raw COPY**: the very same session and message rows, built beforehand
+  (not timed), written with psycopg ``COPY`` into scratch tables shaped like
+  the archive's (same columns, primary keys, indexes and the messages ->
+  sessions foreign key), one transaction per batch of the same size.
+
+Both sides run with the cyclic GC paused (as the other benchmarks do).
+Acceptance: median archive_idle throughput at least 0.5x the median raw COPY
+throughput. Also reported (not gated): COPY into scratch tables without the
+foreign key, which shows what that constraint costs. Runs on a scratch
+database (created and dropped) and a unique Redis prefix (removed at the end).
+Results go to ``benchmarks/results/archive.json``; ``--quick`` is a smaller run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import redis
+import sqlalchemy as sa
+
+from tieredstore.maintenance import archive_idle
+from tieredstore.migration import migrate
+from tieredstore.policy import message_kind
+from tieredstore.store import TieredStore
+
+RESULTS = Path(__file__).parent / "results" / "archive.json"
+REDIS_URL = os.environ.get("TIEREDSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_ADMIN_URL = os.environ.get(
+    "TIEREDSTORE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+MESSAGES = 20
+THRESHOLD = 0.5
+
+_SESSION_COLUMNS = ("namespace", "session_id", "user_id", "metadata", "created_ms",
+                    "updated_ms", "expires_ms", "ttl_ms", "version", "message_count",
+                    "next_seq", "base_seq", "lead")
+_MESSAGE_COLUMNS = ("namespace", "session_id", "seq", "created_ms", "role", "kind", "payload",
+                    "content_text")
+_MESSAGE_TYPES = ("text", "text", "int8", "int8", "text", "text", "bytea", "text")
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    name = f"tieredstore_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def conversation(sid: str) -> list[dict[str, Any]]:
+    """20 chat messages of typical size (60-200 bytes of text each)."""
+    out: list[dict[str, Any]] = []
+    for i in range(MESSAGES):
+        role = "user" if i % 2 == 0 else "assistant"
+        text = f"{sid} turn {i}: " + "lorem ipsum dolor sit amet " * (2 + (i * 7) % 6)
+        out.append({"role": role, "content": text})
+    return out
+
+
+def raw_rows(namespace: str, sids: list[str], stamp: int) -> tuple[list[tuple[Any, ...]],
+                                                                  list[tuple[Any, ...]]]:
+    """The session and message rows archive_idle writes for these sessions."""
+    sessions: list[tuple[Any, ...]] = []
+    messages: list[tuple[Any, ...]] = []
+    for sid in sids:
+        convo = conversation(sid)
+        sessions.append((namespace, sid, None, "{}", stamp, stamp, None, None, 1, MESSAGES,
+                         MESSAGES, 0, 0))
+        for seq, message in enumerate(convo):
+            messages.append((namespace, sid, seq, stamp, message["role"], message_kind(message),
+                             orjson.dumps(message), message["content"]))
+    return sessions, messages
+
+
+def create_scratch_tables(dsn: str) -> None:
+    """The baseline's tables; autovacuum is off on every table the run writes (both
+    sides alike), so a background ANALYZE does not land inside one measurement."""
+    with psycopg.connect(dsn) as conn:
+        for table in ("tieredstore_sessions", "tieredstore_messages"):
+            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        for suffix, fk in (("fk", True), ("plain", False)):
+            conn.execute(f"CREATE TABLE bench_sessions_{suffix} "
+                         "(LIKE tieredstore_sessions INCLUDING ALL)")
+            conn.execute(f"CREATE TABLE bench_messages_{suffix} "
+                         "(LIKE tieredstore_messages INCLUDING ALL)")
+            for table in (f"bench_sessions_{suffix}", f"bench_messages_{suffix}"):
+                conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+            if fk:
+                conn.execute(f"ALTER TABLE bench_messages_{suffix} ADD FOREIGN KEY "
+                             f"(namespace, session_id) REFERENCES bench_sessions_{suffix} "
+                             "(namespace, session_id) ON DELETE CASCADE")
+
+
+def raw_copy(dsn: str, suffix: str, sessions: list[tuple[Any, ...]],
+             messages: list[tuple[Any, ...]], batch_size: int) -> float:
+    """Seconds to COPY the rows, one transaction per ``batch_size`` sessions."""
+    with psycopg.connect(dsn) as conn, no_gc():
+        conn.execute(f"TRUNCATE bench_messages_{suffix}, bench_sessions_{suffix}")
+        conn.commit()
+        started = time.perf_counter()
+        for first in range(0, len(sessions), batch_size):
+            with conn.cursor() as cur:
+                with cur.copy(f"COPY bench_sessions_{suffix} ({', '.join(_SESSION_COLUMNS)}) "
+                              "FROM STDIN") as copy:
+                    for row in sessions[first : first + batch_size]:
+                        copy.write_row(row)
+                with cur.copy(f"COPY bench_messages_{suffix} ({', '.join(_MESSAGE_COLUMNS)}) "
+                              "FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(_MESSAGE_TYPES)
+                    for row in messages[first * MESSAGES : (first + batch_size) * MESSAGES]:
+                        copy.write_row(row)
+            conn.commit()
+        return time.perf_counter() - started
+
+
+def fill(store: TieredStore, sids: list[str]) -> None:
+    for sid in sids:
+        store.save(sid, conversation(sid))
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Time without the cyclic GC (both sides alike): the rows kept for the baseline
+    would otherwise make every full collection walk a few hundred thousand tuples."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def time_archive(store: TieredStore, batch_size: int, expected: int) -> float:
+    """Seconds for archive_idle to move every session of the round."""
+    with no_gc():
+        started = time.perf_counter()
+        result = archive_idle(store, archive_after=0, now=time.time() + 1,
+                              batch_size=batch_size, max_batches=None)
+        elapsed = time.perf_counter() - started
+    assert result.changed == expected, result
+    return elapsed
+
+
+def run(quick: bool) -> dict[str, Any]:
+    sessions_per_round = 2000 if quick else 10000
+    rounds = 3 if quick else 5
+    batch_size = 500
+    prefix = f"tsbench-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(REDIS_URL)
+    results: list[dict[str, float]] = []
+    try:
+        with scratch_database() as url:
+            dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(
+                hide_password=False)
+            create_scratch_tables(dsn)
+            engine = sa.create_engine(url)
+            for round_ in range(rounds):
+                namespace = f"bench{round_}"
+                store = TieredStore.from_clients(redis=client, engine=engine,
+                                                 namespace=namespace, prefix=prefix,
+                                                 memory_max_bytes=None)
+                sids = [f"s{round_}-{i:06d}" for i in range(sessions_per_round)]
+                fill(store, sids)
+                sessions, messages = raw_rows(namespace, sids, int(time.time() * 1000))
+                with engine.begin() as conn:
+                    conn.execute(sa.text("TRUNCATE tieredstore_messages, tieredstore_sessions"))
+                timings: dict[str, float] = {}
+                steps = ["archive", "baseline"] if round_ % 2 == 0 else ["baseline", "archive"]
+                for step in steps:
+                    gc.collect()
+                    if step == "archive":
+                        timings["archive_idle"] = time_archive(store, batch_size,
+                                                               sessions_per_round)
+                    else:
+                        timings["raw_copy"] = raw_copy(dsn, "fk", sessions, messages, batch_size)
+                        timings["raw_copy_no_fk"] = raw_copy(dsn, "plain", sessions, messages,
+                                                             batch_size)
+                results.append({name: sessions_per_round / seconds
+                                for name, seconds in timings.items()})
+                store.close()
+                print(f"round {round_ + 1}/{rounds}: " + ", ".join(
+                    f"{k} {v:,.0f} sessions/s" for k, v in results[-1].items()), flush=True)
+            engine.dispose()
+    finally:
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            client.delete(key)
+        client.close()
+    medians = {name: statistics.median(r[name] for r in results) for name in results[0]}
+    return {
+        "quick": quick,
+        "sessions_per_round": sessions_per_round,
+        "messages_per_session": MESSAGES,
+        "batch_size": batch_size,
+        "rounds": results,
+        "sessions_per_second": medians,
+        "ratio": medians["archive_idle"] / medians["raw_copy"],
+        "ratio_vs_copy_without_fk": medians["archive_idle"] / medians["raw_copy_no_fk"],
+        "threshold": THRESHOLD,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller run (for CI)")
+    args = parser.parse_args()
+    report = run(args.quick)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    rates = report["sessions_per_second"]
+    print(f"archive_idle        {rates['archive_idle']:>10,.0f} sessions/s (20 messages each)")
+    print(f"raw COPY            {rates['raw_copy']:>10,.0f} sessions/s (same schema, FK)")
+    print(f"raw COPY, no FK     {rates['raw_copy_no_fk']:>10,.0f} sessions/s (for reference)")
+    print(f"ratio               {report['ratio']:>10.2f} (acceptance: >= {THRESHOLD})")
+    print(f"ratio vs no-FK COPY {report['ratio_vs_copy_without_fk']:>10.2f}")
+    if report["ratio"] < THRESHOLD:
+        print("FAIL: archive_idle is below half the raw COPY baseline", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Celery tasks: thin wrappers over :mod:`tieredstore.maintenance`.
+
+Each task runs one bounded call of its maintenance function and, while the
+result says work remains, enqueues itself again (at most
+``TIEREDSTORE_MAX_CHAIN`` times in a row). Two guards, both in the store's
+Redis, make a task run at most once at a time and at most once per interval
+however many beats and workers there are:
+
+* the **slot**: a scheduled run first claims ``maint:slot:<task>:<n>`` with
+  ``SET NX`` for the interval slot ``n = floor(now / interval)``; a second
+  beat's message for the same slot finds it taken and does nothing
+  (continuations carry on the slot of the run that chained them);
+* the **lock**: ``maint:lock:<task>`` holds a random token (``SET NX PX``),
+  is extended after every batch and released by compare-and-delete. It
+  expires after ``TIEREDSTORE_LOCK_TTL`` seconds, so a worker killed
+  mid-run blocks the task only until then; a run that finds its lock taken
+  over stops after its current batch.
+
+Every run is logged to the capped list ``maint:runs`` (newest first) for
+operators and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Task
+
+from tieredstore import maintenance
+from tieredstore.maintenance import MaintenanceResult, MaintenanceSettings
+from tieredstore.store import TieredStore
+from worker.app import app, broker_url
+
+__all__ = ["RUN_LOG_SIZE", "LockLost", "Maintenance", "archive_idle", "expire", "trim"]
+
+log = logging.getLogger(__name__)
+
+RUN_LOG_SIZE = 1000
+
+# KEYS lock; ARGV token [ttl_ms]. Release (no ttl) or extend the lock, only if
+# it still holds our token.
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end " \
+           "return 0"
+_EXTEND = "if redis.call('GET', KEYS[1]) == ARGV[1] then " \
+          "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+
+
+class LockLost(Exception):
+    """The run's lock expired and another run may hold it: stop after this batch."""
+
+
+@dataclass
+class Maintenance:
+    """What a worker process needs: the store, the settings, and Redis for coordination."""
+
+    store: TieredStore
+    settings: MaintenanceSettings
+    client: redis.Redis
+    root: str
+
+    @classmethod
+    def from_env(cls) -> Maintenance:
+        env = os.environ
+        settings = MaintenanceSettings.from_env(env)
+        store = TieredStore.from_env(memory_max_bytes=None, listen=False)
+        if store.redis is not None:
+            client, root = store.redis.client, store.redis.keys.root
+        else:  # no Redis tier: coordinate through the broker's Redis (or TIEREDSTORE_LOCK_URL)
+            url = env.get("TIEREDSTORE_LOCK_URL") or broker_url(env)
+            if not url.startswith(("redis://", "rediss://", "unix://")):
+                raise RuntimeError("the worker needs Redis for its locks: set TIEREDSTORE_LOCK_URL")
+            client = redis.Redis.from_url(url)
+            prefix = env.get("TIEREDSTORE_PREFIX", "ts")
+            root = f"{prefix}:{env.get('TIEREDSTORE_NAMESPACE', 'default')}:"
+        return cls(store, settings, client, root + "maint:")
+
+    def claim_slot(self, task: str, slot: int, interval: float) -> bool:
+        key = f"{self.root}slot:{task}:{slot}"
+        return bool(self.client.set(key, os.getpid(), nx=True, px=max(int(interval * 2000), 1000)))
+
+    def acquire(self, task: str) -> str | None:
+        token = uuid.uuid4().hex
+        ttl = int(self.settings.lock_ttl * 1000)
+        taken = self.client.set(self.root + "lock:" + task, token, nx=True, px=ttl)
+        return token if taken else None
+
+    def extend(self, task: str, token: str) -> bool:
+        ttl = int(self.settings.lock_ttl * 1000)
+        return bool(self.client.eval(_EXTEND, 1, self.root + "lock:" + task, token, ttl))
+
+    def release(self, task: str, token: str) -> None:
+        self.client.eval(_RELEASE, 1, self.root + "lock:" + task, token)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(self.root + "runs", json.dumps(entry))
+        pipe.ltrim(self.root + "runs", 0, RUN_LOG_SIZE - 1)
+        pipe.execute()
+
+
+_context: Maintenance | None = None
+_context_pid = 0
+_context_lock = threading.Lock()
+
+
+def context() -> Maintenance:
+    """This process's :class:`Maintenance`, built on first use (after the pool forks)."""
+    global _context, _context_pid
+    with _context_lock:
+        if _context is None or _context_pid != os.getpid():
+            _context, _context_pid = Maintenance.from_env(), os.getpid()
+        return _context
+
+
+Step = Callable[[Maintenance, maintenance.Progress], MaintenanceResult | None]
+
+
+def run_task(task: Task, name: str, interval: float, step: Step, slot: int | None,
+             chain: int) -> dict[str, Any]:
+    """Claim the slot (scheduled runs), take the lock, run one bounded step, chain if needed."""
+    ctx = context()
+    started = time.time()
+    if slot is None:
+        slot = int(started // interval)
+        if not ctx.claim_slot(name, slot, interval):
+            log.info("maintenance %s: slot %d already ran", name, slot)
+            return {"task": name, "skipped": "slot"}
+    token = ctx.acquire(name)
+    if token is None:
+        log.info("maintenance %s: another run holds the lock", name)
+        return {"task": name, "skipped": "locked"}
+
+    def heartbeat(done: int, total: int) -> None:
+        if not ctx.extend(name, token):
+            raise LockLost(name)
+
+    lost = False
+    try:
+        result = step(ctx, heartbeat)
+    except LockLost:
+        lost, result = True, None
+    finally:
+        ctx.release(name, token)
+    summary: dict[str, Any] = {"task": name, "slot": slot, "chain": chain, "started": started,
+                               "finished": time.time(), "host": socket.gethostname(),
+                               "pid": os.getpid(), "lock_lost": lost}
+    if result is not None:
+        summary["result"] = result.as_dict()
+    ctx.record(summary)
+    if result is not None and result.remaining and chain < ctx.settings.max_chain:
+        task.apply_async(kwargs={"slot": slot, "chain": chain + 1})
+    return summary
+
+
+def _limits(ctx: Maintenance, progress: maintenance.Progress) -> dict[str, Any]:
+    s = ctx.settings
+    return {"batch_size": s.batch_size, "max_batches": s.max_batches,
+            "time_budget": s.time_budget, "progress": progress}
+
+
+def _expire(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult:
+    return maintenance.expire(ctx.store, **_limits(ctx, progress))
+
+
+def _archive(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult | None:
+    if ctx.store.redis is None or ctx.store.archive is None:
+        return None  # nothing to archive without both tiers
+    return maintenance.archive_idle(ctx.store, archive_after=ctx.settings.archive_after,
+                                    **_limits(ctx, progress))
+
+
+def _trim(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult:
+    return maintenance.trim(ctx.store, max_bytes=ctx.settings.trim_max_bytes,
+                            keep_trimmed=ctx.settings.trim_keep, **_limits(ctx, progress))
+
+
+@app.task(name="tieredstore.expire", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+def expire(self: Task, slot: int | None = None, chain: int = 0) -> dict[str, Any]:
+    """Remove expired sessions everywhere and repair the Redis index (one bounded run)."""
+    return run_task(self, "expire", context().settings.expire_interval, _expire, slot, chain)
+
+
+@app.task(name="tieredstore.archive_idle", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+def archive_idle(self: Task, slot: int | None = None, chain: int = 0) -> dict[str, Any]:
+    """Archive sessions idle longer than ``TIEREDSTORE_ARCHIVE_AFTER`` (one bounded run)."""
+    return run_task(self, "archive_idle", context().settings.archive_interval, _archive, slot,
+                    chain)
+
+
+@app.task(name="tieredstore.trim", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+def trim(self: Task, slot: int | None = None, chain: int = 0) -> dict[str, Any]:
+    """Enforce the trim limits on hot and archived sessions (one bounded run)."""
+    return run_task(self, "trim", context().settings.trim_interval, _trim, slot, chain)
