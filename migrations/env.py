@@ -34,6 +34,17 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     return True
 
 
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Skip model objects declared for another dialect (``Index(...).ddl_if(dialect=...)``)."""
+    ddl_if = getattr(obj, "_ddl_if", None)
+    if reflected or ddl_if is None or ddl_if.dialect is None:
+        return True
+    dialects = (ddl_if.dialect,) if isinstance(ddl_if.dialect, str) else tuple(ddl_if.dialect)
+    return context.get_context().dialect.name in dialects
+
+
 def _url() -> str:
     url = (
         context.get_x_argument(as_dictionary=True).get("url")
@@ -53,6 +64,7 @@ def _configure(**kwargs: Any) -> None:
         target_metadata=metadata,
         version_table=VERSION_TABLE,
         include_name=include_name,
+        include_object=include_object,
         compare_type=True,
         **kwargs,
     )

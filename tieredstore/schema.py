@@ -22,6 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 __all__ = [
+    "DEFAULT_FTS_LANGUAGE",
+    "FTS_INDEX",
     "MESSAGES",
     "SESSIONS",
     "TABLE_PREFIX",
@@ -37,6 +39,11 @@ SESSIONS = TABLE_PREFIX + "sessions"
 MESSAGES = TABLE_PREFIX + "messages"
 #: Alembic's revision table for tieredstore (apart from an app's ``alembic_version``).
 VERSION_TABLE = TABLE_PREFIX + "alembic_version"
+#: The GIN index behind full-text search on PostgreSQL (migration 0002).
+FTS_INDEX = "ix_tieredstore_messages_fts"
+#: The text-search configuration (regconfig) the FTS index is built with unless
+#: ``TIEREDSTORE_FTS_LANGUAGE`` names another when migration 0002 runs.
+DEFAULT_FTS_LANGUAGE = "english"
 
 #: Deterministic constraint names, so migrations can refer to them.
 NAMING_CONVENTION: dict[str, str] = {
@@ -81,6 +88,13 @@ sessions = sa.Table(
     sa.Index("ix_tieredstore_sessions_user", "namespace", "user_id", "updated_ms", "session_id"),
     # expiry scans (maintenance) and idle-archival queries.
     sa.Index("ix_tieredstore_sessions_expiry", "namespace", "expires_ms"),
+    # PostgreSQL: metadata containment (``metadata @> '{...}'``) for archival queries.
+    sa.Index(
+        "ix_tieredstore_sessions_metadata",
+        "metadata",
+        postgresql_using="gin",
+        postgresql_ops={"metadata": "jsonb_path_ops"},
+    ).ddl_if(dialect="postgresql"),
 )
 
 messages = sa.Table(
@@ -102,6 +116,12 @@ messages = sa.Table(
     ),
     # messages by time (archival, retention and analytics queries).
     sa.Index("ix_tieredstore_messages_created", "namespace", "created_ms"),
+    # PostgreSQL: full-text search over content_text (see tieredstore.query).
+    sa.Index(
+        FTS_INDEX,
+        sa.text(f"to_tsvector('{DEFAULT_FTS_LANGUAGE}'::regconfig, content_text)"),
+        postgresql_using="gin",
+    ).ddl_if(dialect="postgresql"),
 )
 
 

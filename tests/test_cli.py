@@ -1,0 +1,197 @@
+"""The operator commands, each run as a subprocess against the real servers.
+
+Every test uses its own namespace (Redis prefix of the run, archive on the
+run's PostgreSQL database); exit codes and output are checked, errors
+included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import REDIS_URL
+from tieredstore import Message
+from tieredstore.store import TieredStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _command() -> list[str]:
+    """``python -m tieredstore``, or a shim adding the commands until cli.py registers them."""
+    from tieredstore.cli import cli
+
+    if "search" in cli.commands:
+        return [sys.executable, "-m", "tieredstore"]
+    return [sys.executable, "-c",
+            "from tieredstore.cli import cli, main; from tieredstore.cli_archive import register;"
+            " register(cli); main()"]
+
+
+@dataclass
+class Cli:
+    env: dict[str, str]
+    store: TieredStore
+
+    def run(self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*_command(), *args], capture_output=True, text=True,
+                              input=input, env={**self.env, **(env or {})}, cwd=ROOT,
+                              timeout=120)
+
+    def json(self, *args: str) -> Any:
+        done = self.run(*args, "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+
+@pytest.fixture
+def cli(pg_url: str, pg_engine: sa.Engine, redis_client: Any, redis_prefix: str) -> Iterator[Cli]:
+    namespace = f"cli-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TIEREDSTORE_REDIS_URL": REDIS_URL,
+        "TIEREDSTORE_DATABASE_URL": pg_url,
+        "TIEREDSTORE_NAMESPACE": namespace,
+        "TIEREDSTORE_PREFIX": redis_prefix,
+        "TIEREDSTORE_DURABILITY": "write_through",
+        "COLUMNS": "200",
+    }
+    store = TieredStore.from_clients(redis=redis_client, engine=pg_engine, namespace=namespace,
+                                     prefix=redis_prefix, durability="write_through")
+    store.save("c-1", [
+        Message("system", "You are a support bot."),
+        Message("user", "My invoice for March is wrong"),
+        Message("assistant", None, tool_calls=[{"id": "t1", "type": "function", "function": {
+            "name": "lookup_invoice", "arguments": '{"month": "March"}'}}]),
+        {"role": "tool", "tool_call_id": "t1", "content": "invoice 42: 99 EUR"},
+        Message("assistant", "Your invoice shows 99 EUR."),
+    ], user_id="alice", metadata={"plan": "pro"})
+    store.save("c-2", [Message("user", "How do refunds work?")], user_id="alice",
+               metadata={"plan": "pro"})
+    store.save("c-3", [Message("user", "Refund my invoice please")], user_id="bob",
+               metadata={"plan": "free"})
+    yield Cli(env, store)
+    for sid in ("c-1", "c-2", "c-3"):
+        store.delete(sid)
+    store.close()
+
+
+def test_list_and_show(cli: Cli) -> None:
+    listed = cli.json("list")
+    assert sorted(listed["ids"]) == ["c-1", "c-2", "c-3"]
+    assert sorted(cli.json("list", "--user", "alice")["ids"]) == ["c-1", "c-2"]
+    page = cli.json("list", "--limit", "2")
+    assert len(page["ids"]) == 2 and page["next_cursor"]
+    rest = cli.json("list", "--limit", "2", "--cursor", page["next_cursor"])
+    assert sorted(page["ids"] + rest["ids"]) == ["c-1", "c-2", "c-3"]
+    summaries = cli.json("list", "--archive", "--metadata", "plan=pro")["sessions"]
+    assert sorted(s["session_id"] for s in summaries) == ["c-1", "c-2"]
+    assert {s["message_count"] for s in summaries} == {5, 1}
+
+    shown = cli.json("show", "c-1")
+    assert shown["tier"] in ("redis", "archive") and shown["user_id"] == "alice"
+    assert [m["role"] for m in shown["messages"]] == [
+        "system", "user", "assistant", "tool", "assistant"]
+    done = cli.run("show", "c-1")
+    assert done.returncode == 0
+    assert "lookup_invoice" in done.stdout and "tier=redis" in done.stdout
+    assert "Your invoice shows 99 EUR." in done.stdout
+    table = cli.run("list", "--archive")
+    assert table.returncode == 0 and "c-3" in table.stdout
+
+
+def test_search(cli: Cli) -> None:
+    hits = cli.json("search", "invoice")["hits"]
+    assert {(h["session_id"], h["seq"]) for h in hits} == {
+        ("c-1", 1), ("c-1", 3), ("c-1", 4), ("c-3", 0)}
+    assert all("<mark>" in h["snippet"] for h in hits)
+    assert [h["session_id"] for h in cli.json("search", "refund*", "--user", "bob")["hits"]] == [
+        "c-3"]
+    assert cli.json("search", "invoice", "--metadata", "plan=free")["hits"][0]["session_id"] == (
+        "c-3")
+    assert cli.json("search", '"invoice for march"')["hits"][0]["seq"] == 1
+    tool = cli.json("search", "--role", "tool")["hits"]
+    assert [(h["session_id"], h["seq"], h["role"]) for h in tool] == [("c-1", 3, "tool")]
+    first = cli.json("search", "invoice", "--limit", "1")
+    assert first["next_cursor"]
+    done = cli.run("search", "invoice")
+    assert done.returncode == 0 and "c-3" in done.stdout and "4 hit(s)" in done.stderr
+
+
+def test_export_import(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "alice.jsonl"
+    done = cli.run("export", "--user", "alice", "-o", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "exported 2 session(s), 6 message(s)" in done.stderr
+    lines = path.read_bytes().splitlines()
+    assert [json.loads(line)["type"] for line in lines].count("session") == 2
+    stdout = cli.run("export", "--session", "c-2")
+    assert stdout.returncode == 0 and stdout.stdout.count('"type":"message"') == 1
+    other = {"TIEREDSTORE_NAMESPACE": f"cli-import-{uuid.uuid4().hex[:8]}"}
+    imported = cli.run("import", str(path), "--json", env=other)
+    assert imported.returncode == 0, imported.stderr
+    assert json.loads(imported.stdout) == {"sessions": 2, "messages": 6}
+    again = tmp_path / "again.jsonl"
+    assert cli.run("export", "--user", "alice", "-o", str(again), env=other).returncode == 0
+    assert again.read_bytes() == path.read_bytes()
+    twice = cli.run("import", str(path), env=other)
+    assert twice.returncode == 1 and "already exists" in twice.stderr
+    erased = cli.run("erase", "--user", "alice", "--yes", env=other)
+    assert erased.returncode == 0, erased.stderr
+    assert cli.run("export", "--user", "alice").returncode == 0
+    assert cli.run("export").returncode == 2  # usage error
+
+
+def test_erase_confirmation_and_report(cli: Cli) -> None:
+    refused = cli.run("erase", "--user", "alice", input="n\n")
+    assert refused.returncode == 1 and "aborted" in refused.stderr
+    assert cli.store.exists("c-1")
+    report = cli.json("erase", "--user", "alice", "--yes")
+    assert report["session_ids"] == ["c-1", "c-2"]
+    assert report["redis_sessions"] == 2 and report["archive_sessions"] == 2
+    assert not cli.store.exists("c-1") and not cli.store.exists("c-2")
+    assert cli.store.exists("c-3")
+    assert cli.json("search", "invoice")["hits"][0]["session_id"] == "c-3"
+
+
+def test_stats(cli: Cli) -> None:
+    stats = cli.json("stats")
+    assert stats["tiers"] == ["memory", "redis", "archive"]
+    assert stats["redis"]["sessions"] == 3
+    assert stats["archive"]["sessions"] == 3 and stats["archive"]["messages"] == 7
+    assert stats["archive"]["payload_bytes"] > 0
+    assert "hit_ratio" in stats["memory"]
+    table = cli.run("stats")
+    assert table.returncode == 0 and "archive" in table.stdout
+
+
+def test_errors_are_one_line_with_nonzero_exit(cli: Cli) -> None:
+    missing = cli.run("show", "no-such-session")
+    assert missing.returncode == 3
+    assert missing.stderr.strip() == "Error: session not found: 'no-such-session'"
+    dead_redis = cli.run("list", env={"TIEREDSTORE_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert dead_redis.returncode == 1
+    assert len(dead_redis.stderr.strip().splitlines()) == 1, dead_redis.stderr
+    assert "unavailable" in dead_redis.stderr
+    dead_db = cli.run("search", "x", env={
+        "TIEREDSTORE_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing"})
+    assert dead_db.returncode == 1
+    assert len(dead_db.stderr.strip().splitlines()) == 1, dead_db.stderr
+    bad_cursor = cli.run("search", "x", "--cursor", "garbage")
+    assert bad_cursor.returncode == 1 and "invalid cursor" in bad_cursor.stderr
+    bad_time = cli.run("search", "x", "--since", "yesterday-ish")
+    assert bad_time.returncode == 2
+    no_archive = cli.run("search", "x", env={"TIEREDSTORE_DATABASE_URL": ""})
+    assert no_archive.returncode == 1 and "no archive configured" in no_archive.stderr

@@ -1,0 +1,70 @@
+"""Migration 0002 (search indexes) upgrades a filled 0001 archive and keeps every row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tieredstore import Message
+from tieredstore.migration import check, current_revision, downgrade, migrate
+from tieredstore.query import ArchiveQuery
+from tieredstore.schema import FTS_INDEX, MESSAGES, SESSIONS, normalize_url
+from tieredstore.tiers.archive import ArchiveStore
+
+
+@pytest.fixture(params=["pg", "sqlite"])
+def url(request: pytest.FixtureRequest, pg_database: Callable[[], str], tmp_path: Path) -> str:
+    if request.param == "pg":
+        return pg_database()
+    return f"sqlite:///{tmp_path / 'archive.db'}"
+
+
+def _rows(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
+    with engine.connect() as conn:
+        return {
+            table: [tuple(row) for row in conn.execute(sa.text(
+                f"SELECT * FROM {table} ORDER BY namespace, session_id"
+                + (", seq" if table == MESSAGES else "")))]
+            for table in (SESSIONS, MESSAGES)
+        }
+
+
+def test_upgrade_filled_archive_keeps_every_row(url: str) -> None:
+    migrate(url, "0001")
+    assert current_revision(url) == "0001"
+    store = ArchiveStore.from_url(url, namespace="legacy")
+    for i in range(30):
+        store.save(f"s{i}", [
+            Message("system", "You are terse."),
+            Message("user", f"Where is my parcel number {i}? ünïcödé 🚚"),
+            Message("assistant", None, tool_calls=[{"id": f"c{i}", "type": "function",
+                    "function": {"name": "track", "arguments": "{}"}}]),
+            {"role": "tool", "tool_call_id": f"c{i}", "content": [{"type": "text",
+             "text": "in transit"}]},
+        ], user_id=f"u{i % 3}", metadata={"channel": "web", "n": i})
+    store.close()
+    engine = sa.create_engine(normalize_url(url))
+    try:
+        before = _rows(engine)
+        assert len(before[MESSAGES]) == 120
+        migrate(url)
+        assert current_revision(url) == "0002"
+        assert _rows(engine) == before
+        check(url)
+        if engine.dialect.name == "postgresql":
+            indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes(MESSAGES)}
+            assert FTS_INDEX in indexes
+        query = ArchiveQuery(engine, namespace="legacy")
+        hits = query.search("parcel", user_id="u1", metadata={"channel": "web"}, limit=100)
+        assert sorted(h.session_id for h in hits) == sorted(f"s{i}" for i in range(1, 30, 3))
+        assert len(query.search("transit", limit=100)) == 30
+        downgrade(url, "0001")
+        assert _rows(engine) == before
+        migrate(url)
+        assert _rows(engine) == before
+    finally:
+        engine.dispose()
