@@ -159,7 +159,13 @@ def bench_queries(query: ArchiveQuery, cases: list[tuple[str, dict[str, Any]]],
     }
 
 
-_EXPORT_CHILD = """
+_PEAK_RSS = """
+def peak_rss():  # VmHWM: unlike ru_maxrss, not inherited from the parent at spawn
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
+"""
+
+_EXPORT_CHILD = _PEAK_RSS + """
 import resource, sys, time, tracemalloc
 from tieredstore.query import ArchiveQuery
 tracemalloc.start()
@@ -172,7 +178,7 @@ peak = tracemalloc.get_traced_memory()[1]
 q.close()
 import json
 print(json.dumps({**counts, "seconds": round(elapsed, 2), "tracemalloc_peak_bytes": peak,
-                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss_bytes": peak_rss()}))
 """
 
 
@@ -185,8 +191,7 @@ def bench_export(url: str, user: str, path: Path) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(done.stdout)
     baseline = subprocess.run(
         [sys.executable, "-c",
-         "import resource, tieredstore.query, sqlalchemy, psycopg; "
-         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"],
+         _PEAK_RSS + "import tieredstore.query, sqlalchemy, psycopg\nprint(peak_rss())"],
         capture_output=True, text=True, check=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )

@@ -8,11 +8,13 @@ Override the servers with ``TIEREDSTORE_TEST_REDIS_URL`` and
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,13 +55,13 @@ class Harness:
     """
 
     kind: str
-    factory: Callable[..., BaseStore]
+    factory: Callable[..., Any]
     clock: FakeClock
     real_time: bool
     namespace: str = field(default_factory=lambda: f"ns-{uuid.uuid4().hex[:12]}")
-    stores: list[BaseStore] = field(default_factory=list)
+    stores: list[Any] = field(default_factory=list)
 
-    def make(self, *, namespace: str | None = None, **options: Any) -> BaseStore:
+    def make(self, *, namespace: str | None = None, **options: Any) -> Any:
         store = self.factory(namespace or self.namespace, self.clock, **options)
         self.stores.append(store)
         return store
@@ -151,6 +153,26 @@ def pg_engine(pg_url: str) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def async_pg_engine(pg_url: str, loop_thread: LoopThread) -> Iterator[Any]:
+    """An async engine (psycopg 3) on the run's migrated database, used on the loop thread."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(pg_url, pool_size=10, max_overflow=10)
+    yield engine
+    loop_thread.run(engine.dispose())
+
+
+@pytest.fixture(scope="session")
+def async_sqlite_engine(sqlite_url: str, loop_thread: LoopThread) -> Iterator[Any]:
+    """An async engine (aiosqlite) on the run's migrated SQLite file."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(sqlite_url.replace("sqlite://", "sqlite+aiosqlite://", 1))
+    yield engine
+    loop_thread.run(engine.dispose())
+
+
+@pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     from tieredstore import migrate
 
@@ -160,7 +182,7 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-STORE_KINDS = [
+SYNC_KINDS = [
     "memory",
     "redis",
     "archive-pg",
@@ -170,27 +192,152 @@ STORE_KINDS = [
     "tiered-memory-sqlite",
     "tiered-redis-pg",
 ]
+ASYNC_KINDS = [f"async-{kind}" for kind in SYNC_KINDS]
+STORE_KINDS = SYNC_KINDS + ASYNC_KINDS
+
+
+class LoopThread:
+    """One asyncio event loop running on a daemon thread.
+
+    The async stores under test live on it; :meth:`run` submits a coroutine
+    from any thread and waits for its result (or exception).
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="tieredstore-test-loop", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()
+
+
+class SyncProxy:
+    """A synchronous view of an async object: each coroutine runs on the loop thread.
+
+    Coroutine methods become blocking calls, an async context manager a sync
+    one, and what ``lock()``/``conversation()`` return is proxied in turn;
+    everything else is passed through.
+    """
+
+    def __init__(self, target: Any, loop: LoopThread) -> None:
+        self.target = target
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.target, name)
+        loop = self._loop
+        if inspect.iscoroutinefunction(attr):
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return loop.run(attr(*args, **kwargs))
+
+            return call
+        if name in ("lock", "conversation"):
+            return lambda *args, **kwargs: SyncProxy(attr(*args, **kwargs), loop)
+        return attr
+
+    def __enter__(self) -> Any:
+        entered = self._loop.run(self.target.__aenter__())
+        return self if entered is self.target else entered
+
+    def __exit__(self, *exc: Any) -> None:
+        self._loop.run(self.target.__aexit__(*exc))
+
+
+class SyncFacade(SyncProxy):
+    """A synchronous view of an async store (see :class:`SyncProxy`).
+
+    It lets the conformance suite run its very test functions against the
+    async stores; ``close()`` and ``with`` map to ``aclose()``.
+    """
+
+    @property
+    def async_store(self) -> Any:
+        return self.target
+
+    def close(self) -> None:
+        self._loop.run(self.target.aclose())
+
+    def __enter__(self) -> SyncFacade:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _bridge(name: str) -> Callable[..., Any]:
+    def method(self: SyncFacade, *args: Any, **kwargs: Any) -> Any:
+        return self._loop.run(getattr(self.target, name)(*args, **kwargs))
+
+    method.__name__ = name
+    return method
+
+
+# The StateStore protocol's methods, defined on the class so that
+# isinstance(facade, StateStore) holds however the check looks attributes up.
+for _name in ("save", "load", "delete", "list"):
+    setattr(SyncFacade, _name, _bridge(_name))
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    loop = LoopThread()
+    yield loop
+    loop.stop()
+
+
+@pytest.fixture(scope="session")
+def async_redis_client(loop_thread: LoopThread) -> Iterator[Any]:
+    """A ``redis.asyncio`` client used on the loop thread."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    yield client
+    loop_thread.run(client.aclose())
 
 
 def tiered_factory(
-    request: pytest.FixtureRequest, *, memory: bool, redis: bool, archive: str | None, **fixed: Any
-) -> Callable[..., BaseStore]:
-    """Build TieredStores over the run's servers; options reach every tier that uses them."""
+    request: pytest.FixtureRequest,
+    *,
+    memory: bool,
+    redis: bool,
+    archive: str | None,
+    asynchronous: bool = False,
+    **fixed: Any,
+) -> Callable[..., Any]:
+    """Build TieredStores (or AsyncTieredStores) over the run's servers.
+
+    Options reach every tier that uses them.
+    """
     import sqlalchemy as sa
 
+    from tieredstore.aio import AsyncTieredStore
     from tieredstore.store import TieredStore
 
-    client = request.getfixturevalue("redis_client") if redis else None
+    client_fixture = "async_redis_client" if asynchronous else "redis_client"
+    client = request.getfixturevalue(client_fixture) if redis else None
     prefix = request.getfixturevalue("redis_prefix") if redis else None
     engine = None
     if archive == "pg":
-        engine = request.getfixturevalue("pg_engine")
+        engine = request.getfixturevalue("async_pg_engine" if asynchronous else "pg_engine")
     elif archive == "sqlite":
-        engine = sa.create_engine(request.getfixturevalue("sqlite_url"))
-        request.addfinalizer(engine.dispose)
+        if asynchronous:
+            engine = request.getfixturevalue("async_sqlite_engine")
+        else:
+            engine = sa.create_engine(request.getfixturevalue("sqlite_url"))
+            request.addfinalizer(engine.dispose)
+    cls: Any = AsyncTieredStore if asynchronous else TieredStore
 
-    def make(ns: str, clock: FakeClock, **options: Any) -> BaseStore:
-        return TieredStore.from_clients(
+    def make(ns: str, clock: FakeClock, **options: Any) -> Any:
+        return cls.from_clients(
             redis=client,
             engine=engine,
             namespace=ns,
@@ -203,7 +350,15 @@ def tiered_factory(
     return make
 
 
-def _factory(kind: str, request: pytest.FixtureRequest) -> tuple[Callable[..., BaseStore], bool]:
+def _factory(kind: str, request: pytest.FixtureRequest) -> tuple[Callable[..., Any], bool]:
+    if kind.startswith("async-"):
+        make_async, real_time = _async_factory(kind.removeprefix("async-"), request)
+        loop = request.getfixturevalue("loop_thread")
+
+        def make_facade(ns: str, clock: FakeClock, **options: Any) -> Any:
+            return SyncFacade(make_async(ns, clock, **options), loop)
+
+        return make_facade, real_time
     if kind == "memory":
         return (lambda ns, clock, **kw: MemoryStore(clock=clock, **kw)), False
     if kind == "redis":
@@ -244,6 +399,42 @@ def _factory(kind: str, request: pytest.FixtureRequest) -> tuple[Callable[..., B
     raise AssertionError(f"unknown store kind {kind}")
 
 
+def _async_factory(kind: str, request: pytest.FixtureRequest) -> tuple[Callable[..., Any], bool]:
+    """Async twins of the configurations above (wrapped in a SyncFacade by the caller)."""
+    if kind == "memory":
+        from tieredstore.aio import AsyncMemoryStore
+
+        return (lambda ns, clock, **kw: AsyncMemoryStore(clock=clock, **kw)), False
+    if kind == "redis":
+        from tieredstore.tiers.redis import AsyncRedisStore
+
+        client = request.getfixturevalue("async_redis_client")
+        prefix = request.getfixturevalue("redis_prefix")
+        return (
+            lambda ns, clock, **kw: AsyncRedisStore(client, namespace=ns, prefix=prefix, **kw)
+        ), True
+    if kind.startswith("archive-"):
+        from tieredstore.tiers.archive import AsyncArchiveStore
+
+        fixture = "async_pg_engine" if kind == "archive-pg" else "async_sqlite_engine"
+        engine = request.getfixturevalue(fixture)
+        return (
+            lambda ns, clock, **kw: AsyncArchiveStore(engine, namespace=ns, clock=clock, **kw)
+        ), False
+    if kind.startswith("tiered-"):
+        parts = kind.split("-")[1:]
+        archive = "pg" if "pg" in parts else "sqlite" if "sqlite" in parts else None
+        factory = tiered_factory(
+            request,
+            memory="memory" in parts,
+            redis="redis" in parts,
+            archive=archive,
+            asynchronous=True,
+        )
+        return factory, "redis" in parts
+    raise AssertionError(f"unknown async store kind {kind}")
+
+
 @pytest.fixture(params=STORE_KINDS)
 def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
     factory, real_time = _factory(request.param, request)
@@ -253,5 +444,6 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
 
 
 @pytest.fixture
-def store(harness: Harness) -> BaseStore:
+def store(harness: Harness) -> Any:
+    """A store of the configuration under test (async ones behind a SyncFacade)."""
     return harness.make()

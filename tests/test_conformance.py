@@ -1,8 +1,10 @@
 """The contract, written once and run against every store configuration.
 
 Every test here takes the ``store``/``harness`` fixture, which is parametrised
-over all stores (see ``conftest.STORE_KINDS``); none of them is skipped for a
-particular store.
+over all stores, sync and async (see ``conftest.STORE_KINDS``); none of them
+is skipped for a particular store. An async store is driven through
+``conftest.SyncFacade``, which runs each of its coroutines on the test event
+loop thread, so these very functions test the async twins too.
 """
 
 from __future__ import annotations

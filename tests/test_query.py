@@ -301,7 +301,10 @@ def test_erase_every_tier(pg_engine: sa.Engine, redis_client: Any, redis_prefix:
 
 
 _EXPORT_CHILD = """
-import json, resource, sys, tracemalloc
+import json, sys, tracemalloc
+def peak_rss():  # VmHWM: unlike ru_maxrss, not inherited from the parent at spawn
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
 from tieredstore.query import ArchiveQuery
 tracemalloc.start()
 q = ArchiveQuery(sys.argv[1], namespace=sys.argv[2])
@@ -309,7 +312,7 @@ with open(sys.argv[3], "wb") as out:
     counts = q.export_to(out, user_id="heavy")
 q.close()
 print(json.dumps({**counts, "tracemalloc_peak": tracemalloc.get_traced_memory()[1],
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss": peak_rss()}))
 """
 
 

@@ -27,16 +27,27 @@ from tieredstore.model import FrozenDict, FrozenList, Message, Page, Session
 from tieredstore.tiers.memory import MemoryStore
 
 if TYPE_CHECKING:
+    from tieredstore.aio import AsyncBaseStore, AsyncMemoryStore, AsyncTieredStore
+    from tieredstore.locking import AsyncSessionLock, SessionLock
+    from tieredstore.middleware import Conversation
     from tieredstore.migration import migrate
-    from tieredstore.tiers.archive import ArchiveStore
-    from tieredstore.tiers.redis import RedisStore
+    from tieredstore.store import TieredStore
+    from tieredstore.tiers.archive import ArchiveStore, AsyncArchiveStore
+    from tieredstore.tiers.redis import AsyncRedisStore, RedisStore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArchiveStore",
+    "AsyncArchiveStore",
+    "AsyncBaseStore",
+    "AsyncMemoryStore",
+    "AsyncRedisStore",
+    "AsyncSessionLock",
+    "AsyncTieredStore",
     "BackendUnavailable",
     "BaseStore",
+    "Conversation",
     "FrozenDict",
     "FrozenList",
     "InvalidInput",
@@ -52,8 +63,10 @@ __all__ = [
     "SchemaNotReady",
     "Session",
     "SessionExists",
+    "SessionLock",
     "SessionNotFound",
     "StateStore",
+    "TieredStore",
     "TieredStoreError",
     "VersionConflict",
     "__version__",
@@ -62,7 +75,16 @@ __all__ = [
 
 _LAZY = {
     "ArchiveStore": "tieredstore.tiers.archive",
+    "AsyncArchiveStore": "tieredstore.tiers.archive",
+    "AsyncBaseStore": "tieredstore.aio",
+    "AsyncMemoryStore": "tieredstore.aio",
+    "AsyncRedisStore": "tieredstore.tiers.redis",
+    "AsyncSessionLock": "tieredstore.locking",
+    "AsyncTieredStore": "tieredstore.aio",
+    "Conversation": "tieredstore.middleware",
     "RedisStore": "tieredstore.tiers.redis",
+    "SessionLock": "tieredstore.locking",
+    "TieredStore": "tieredstore.store",
     "migrate": "tieredstore.migration",
 }
 

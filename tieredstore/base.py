@@ -1,10 +1,11 @@
-"""The store contract: the ``StateStore`` protocol and the shared sync base class.
+"""The store contract: the ``StateStore`` protocol and the shared base classes.
 
-``BaseStore`` owns everything a store does *before* I/O — validating ids,
-messages, metadata, TTLs and limits through :mod:`tieredstore.core` — and
-calls a small set of primitives (``_save``, ``_append``, ...) that a backend
-implements. Every bundled store derives from it, so the same input gets the
-same error from every tier.
+:class:`StoreCore` owns everything a store does *before* I/O — validating ids,
+messages, metadata, TTLs and limits through :mod:`tieredstore.core` — and is
+shared by the synchronous :class:`BaseStore` and the asynchronous
+:class:`tieredstore.aio.AsyncBaseStore`. Those two only call a small set of
+primitives (``_save``, ``_append``, ...) that a backend implements, so the same
+input gets the same error from every tier, sync or async.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
 from tieredstore.config import Limits
 from tieredstore.core import (
@@ -33,9 +34,11 @@ from tieredstore.core import (
     system_clock,
 )
 from tieredstore.errors import InvalidInput, SessionExists
+from tieredstore.locking import LocalLocks, LockPlan, SessionLock
+from tieredstore.middleware import ConversationBlock, ConversationPlan
 from tieredstore.model import FrozenDict, Message, MessageLike, Page, Session
 
-__all__ = ["BaseStore", "StateStore"]
+__all__ = ["AppendArgs", "BaseStore", "SaveArgs", "StateStore", "StoreCore"]
 
 
 @runtime_checkable
@@ -51,13 +54,34 @@ class StateStore(Protocol):
     def list(self, *, limit: int = 100, cursor: str | None = None) -> Page: ...
 
 
-class BaseStore(ABC):
-    """Validation and lifecycle shared by the bundled synchronous stores.
+class SaveArgs(NamedTuple):
+    """A validated ``save`` call."""
+
+    sid: str
+    batch: Batch
+    ttl_ms: int | None
+    metadata: FrozenDict | None
+    user_id: str | None
+    expected_version: int | None
+
+
+class AppendArgs(NamedTuple):
+    """A validated ``append`` call."""
+
+    sid: str
+    batch: Batch
+    ttl_ms: int | None
+    expected_version: int | None
+
+
+class StoreCore:
+    """Options and input validation shared by the sync and the async stores.
 
     ``default_ttl`` applies to writes that pass no ``ttl``; ``None`` means
     sessions do not expire unless a write asks. ``sliding_ttl`` refreshes a
     session's expiry on every read by the TTL of its last write.
     ``max_messages`` bounds a history by :func:`tieredstore.policy.plan_trim`.
+    Nothing here performs I/O.
     """
 
     tier: str = "memory"
@@ -80,6 +104,112 @@ class BaseStore(ABC):
         self.clock: Clock = clock or system_clock
         self._closed = False
 
+    def _sid(self, session_id: str) -> str:
+        return check_session_id(session_id, self.limits)
+
+    def _ttl_ms(self, ttl: TTLLike | None) -> int | None:
+        return resolve_ttl_ms(ttl, None) or self.default_ttl_ms
+
+    def _save_args(
+        self,
+        session_id: str,
+        messages: Iterable[MessageLike],
+        ttl: TTLLike | None,
+        metadata: Mapping[str, Any] | None,
+        user_id: str | None,
+        expected_version: int | None,
+    ) -> SaveArgs:
+        sid = self._sid(session_id)
+        batch = prepare_batch(messages, self.limits)
+        return SaveArgs(
+            sid,
+            batch,
+            self._ttl_ms(ttl),
+            prepare_metadata(metadata, self.limits),
+            check_user_id(user_id, self.limits),
+            check_expected_version(expected_version),
+        )
+
+    def _append_args(
+        self,
+        session_id: str,
+        messages: tuple[MessageLike, ...],
+        ttl: TTLLike | None,
+        expected_version: int | None,
+    ) -> AppendArgs:
+        sid = self._sid(session_id)
+        if not messages:
+            raise InvalidInput("append needs at least one message")
+        batch = prepare_batch(messages, self.limits)
+        return AppendArgs(sid, batch, self._ttl_ms(ttl), check_expected_version(expected_version))
+
+    def _merge_args(self, session_id: str, updates: Mapping[str, Any]) -> tuple[str, FrozenDict]:
+        sid = self._sid(session_id)
+        frozen = prepare_metadata(updates, self.limits)
+        assert frozen is not None
+        return sid, frozen
+
+    def _list_args(
+        self, user_id: str | None, limit: int, cursor: str | None, order: Order
+    ) -> tuple[str | None, int, str | None, Order]:
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidInput("cursor must be a string or None")
+        return check_user_id(user_id, self.limits), check_limit(limit), cursor, check_order(order)
+
+    def _fork_args(
+        self, source_id: str, new_id: str, ttl: TTLLike | None
+    ) -> tuple[str, str, int | None]:
+        src, dst = self._sid(source_id), self._sid(new_id)
+        if src == dst:
+            raise SessionExists(dst)
+        return src, dst, resolve_ttl_ms(ttl, None)
+
+    # -- locking and the conversation middleware --------------------------------
+
+    def _lock_backend(self) -> Any:
+        """What takes session locks: Redis where the store has it, else this process.
+
+        The default is process-local (:class:`~tieredstore.locking.LocalLocks`),
+        scoped by :meth:`_lock_scope`.
+        """
+        return LocalLocks.scope(self._lock_scope())
+
+    def _lock_scope(self) -> str:
+        """Stores sharing a scope share their process-local locks."""
+        return f"{type(self).__name__}@{id(self):x}"
+
+    def _lock_plan(
+        self, session_id: str, timeout: float, blocking_timeout: float | None
+    ) -> LockPlan:
+        return LockPlan(self._sid(session_id), timeout, blocking_timeout)
+
+    def _conversation_plan(
+        self,
+        session_id: str,
+        *,
+        last: int | None,
+        lock: bool,
+        lock_timeout: float,
+        blocking_timeout: float | None,
+        commit_on_error: bool,
+        check_version: bool,
+        ttl: TTLLike | None,
+    ) -> ConversationPlan:
+        sid = self._sid(session_id)
+        return ConversationPlan(
+            sid,
+            last=check_last(last),
+            lock=self._lock_plan(sid, lock_timeout, blocking_timeout) if lock else None,
+            commit_on_error=commit_on_error,
+            check_version=check_version,
+            ttl=ttl,
+            limits=self.limits,
+        )
+
+
+class BaseStore(StoreCore, ABC):
+    """The synchronous contract over a backend's primitives (see :class:`StoreCore`)."""
+
     # -- the contract -------------------------------------------------------
 
     def save(
@@ -99,15 +229,14 @@ class BaseStore(ABC):
         kept when ``None``. With ``expected_version`` (``0`` = must not exist)
         a mismatch raises :class:`VersionConflict` and nothing is written.
         """
-        sid = self._sid(session_id)
-        batch = prepare_batch(messages, self.limits)
+        a = self._save_args(session_id, messages, ttl, metadata, user_id, expected_version)
         return self._save(
-            sid,
-            batch,
-            ttl_ms=resolve_ttl_ms(ttl, None) or self.default_ttl_ms,
-            metadata=prepare_metadata(metadata, self.limits),
-            user_id=check_user_id(user_id, self.limits),
-            expected_version=check_expected_version(expected_version),
+            a.sid,
+            a.batch,
+            ttl_ms=a.ttl_ms,
+            metadata=a.metadata,
+            user_id=a.user_id,
+            expected_version=a.expected_version,
         )
 
     def append(
@@ -119,16 +248,8 @@ class BaseStore(ABC):
         expected_version: int | None = None,
     ) -> int:
         """Atomically append messages (creating the session); return the new version."""
-        sid = self._sid(session_id)
-        if not messages:
-            raise InvalidInput("append needs at least one message")
-        batch = prepare_batch(messages, self.limits)
-        return self._append(
-            sid,
-            batch,
-            ttl_ms=resolve_ttl_ms(ttl, None) or self.default_ttl_ms,
-            expected_version=check_expected_version(expected_version),
-        )
+        a = self._append_args(session_id, messages, ttl, expected_version)
+        return self._append(a.sid, a.batch, ttl_ms=a.ttl_ms, expected_version=a.expected_version)
 
     def load(self, session_id: str, /, *, last: int | None = None) -> list[Message]:
         """The session's messages, oldest first (the newest ``last`` when given).
@@ -155,10 +276,7 @@ class BaseStore(ABC):
         Each key is updated atomically, so concurrent merges of different keys
         never lose one another. The session's version increases.
         """
-        sid = self._sid(session_id)
-        frozen = prepare_metadata(updates, self.limits)
-        assert frozen is not None
-        return self._merge_metadata(sid, frozen)
+        return self._merge_metadata(*self._merge_args(session_id, updates))
 
     def delete(self, session_id: str, /) -> bool:
         """Remove everything of the session; ``True`` if it existed.
@@ -182,11 +300,7 @@ class BaseStore(ABC):
         the first page appears on no later page; every other live session
         appears exactly once.
         """
-        if cursor is not None and not isinstance(cursor, str):
-            raise InvalidInput("cursor must be a string or None")
-        return self._list(
-            check_user_id(user_id, self.limits), check_limit(limit), cursor, check_order(order)
-        )
+        return self._list(*self._list_args(user_id, limit, cursor, order))
 
     def fork(self, source_id: str, new_id: str, /, *, ttl: TTLLike | None = None) -> int:
         """Copy history, metadata and user of ``source_id`` into the new ``new_id``.
@@ -194,10 +308,65 @@ class BaseStore(ABC):
         Raises :class:`SessionNotFound` for a missing source and
         :class:`SessionExists` when ``new_id`` exists. Returns the new version.
         """
-        src, dst = self._sid(source_id), self._sid(new_id)
-        if src == dst:
-            raise SessionExists(dst)
-        return self._fork(src, dst, ttl_ms=resolve_ttl_ms(ttl, None))
+        src, dst, ttl_ms = self._fork_args(source_id, new_id, ttl)
+        return self._fork(src, dst, ttl_ms=ttl_ms)
+
+    # -- concurrency control ------------------------------------------------------
+
+    def lock(
+        self,
+        session_id: str,
+        /,
+        *,
+        timeout: float = 30.0,
+        blocking_timeout: float | None = 10.0,
+    ) -> SessionLock:
+        """A lock on one session for read-modify-write sequences (``with store.lock(id):``).
+
+        With a Redis tier it is a distributed lock; otherwise it is local to
+        this process (see :mod:`tieredstore.locking`). It expires ``timeout``
+        seconds after it was taken (or last extended), so a holder that dies
+        cannot block others for longer. Taking it waits up to
+        ``blocking_timeout`` seconds (``None``: as long as it takes) and then
+        raises :class:`LockTimeout`.
+        """
+        return SessionLock(
+            self._lock_plan(session_id, timeout, blocking_timeout), self._lock_backend()
+        )
+
+    def conversation(
+        self,
+        session_id: str,
+        /,
+        *,
+        last: int | None = None,
+        lock: bool = False,
+        lock_timeout: float = 30.0,
+        blocking_timeout: float | None = 10.0,
+        commit_on_error: bool = False,
+        check_version: bool = False,
+        ttl: TTLLike | None = None,
+    ) -> ConversationBlock:
+        """``with store.conversation(id) as conv:`` — load, collect, append on exit.
+
+        See :mod:`tieredstore.middleware`: the history (``[]`` for a new
+        session) is loaded on entry, ``conv.add()`` collects messages, and they
+        are appended atomically when the block exits normally. A block that
+        raises writes nothing unless ``commit_on_error``. ``lock=True`` holds
+        :meth:`lock` for the block; ``check_version=True`` makes the commit fail
+        with :class:`VersionConflict` if the session changed since the load.
+        """
+        plan = self._conversation_plan(
+            session_id,
+            last=last,
+            lock=lock,
+            lock_timeout=lock_timeout,
+            blocking_timeout=blocking_timeout,
+            commit_on_error=commit_on_error,
+            check_version=check_version,
+            ttl=ttl,
+        )
+        return ConversationBlock(plan, self, self._lock_backend())
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -218,11 +387,8 @@ class BaseStore(ABC):
     ) -> None:
         self.close()
 
-    def _close(self) -> None:  # noqa: B027 - optional hook, most stores need it
+    def _close(self) -> None:
         """Backend hook for :meth:`close`."""
-
-    def _sid(self, session_id: str) -> str:
-        return check_session_id(session_id, self.limits)
 
     # -- primitives a backend implements -----------------------------------
 

@@ -26,6 +26,7 @@ receipts and snapshots, and apply writes made in another tier by seq.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +36,11 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
-from tieredstore.base import BaseStore
+from tieredstore.aio import AsyncBaseStore
+from tieredstore.base import BaseStore, StoreCore
 from tieredstore.codec import decode_cursor, decode_message, encode_cursor, encode_json
 from tieredstore.core import (
     Batch,
@@ -56,6 +60,7 @@ from tieredstore.errors import (
     VersionConflict,
 )
 from tieredstore.model import EMPTY_METADATA, FrozenDict, Message, Page, Session, freeze_json
+from tieredstore.plans import Op, Plan, arun, run
 from tieredstore.policy import (
     KIND_SYSTEM,
     leading_system,
@@ -70,7 +75,15 @@ from tieredstore.schema import sessions as SESSIONS
 if TYPE_CHECKING:
     from tieredstore.tiers.transfer import Snapshot, WriteReceipt
 
-__all__ = ["ArchiveCopy", "ArchiveStore", "PreparedCopies", "create_engine"]
+__all__ = [
+    "ArchiveCopy",
+    "ArchiveShared",
+    "ArchiveStore",
+    "AsyncArchiveStore",
+    "PreparedCopies",
+    "create_async_engine",
+    "create_engine",
+]
 
 T = TypeVar("T")
 
@@ -214,12 +227,32 @@ _LOCK_ROWS = (
     .with_for_update()
 )
 _ABSORB_COLUMNS = (
-    "session_id", "user_id", "metadata", "created_ms", "updated_ms", "expires_ms", "ttl_ms",
-    "version", "message_count", "next_seq", "base_seq", "lead",
+    "session_id",
+    "user_id",
+    "metadata",
+    "created_ms",
+    "updated_ms",
+    "expires_ms",
+    "ttl_ms",
+    "version",
+    "message_count",
+    "next_seq",
+    "base_seq",
+    "lead",
 )
 _ABSORB_TYPES = (
-    "varchar", "varchar", "jsonb", "bigint", "bigint", "bigint", "bigint",
-    "bigint", "integer", "bigint", "bigint", "integer",
+    "varchar",
+    "varchar",
+    "jsonb",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "bigint",
+    "integer",
+    "bigint",
+    "bigint",
+    "integer",
 )
 # PostgreSQL: create a batch of sessions in one statement; RETURNING says which were new.
 _PG_CREATE_SESSIONS = sa.text(
@@ -349,6 +382,23 @@ def create_engine(url: str | sa.URL, **engine_options: Any) -> sa.Engine:
     JSON columns use orjson. ``engine_options`` go to :func:`sqlalchemy.create_engine`.
     """
     parsed = normalize_url(url)
+    return sa.create_engine(parsed, **_engine_options(parsed, engine_options))
+
+
+def create_async_engine(url: str | sa.URL, **engine_options: Any) -> AsyncEngine:
+    """An async engine for :class:`AsyncArchiveStore`: psycopg 3 or aiosqlite.
+
+    ``postgresql://`` and ``postgresql+psycopg://`` use psycopg's async mode;
+    ``sqlite:///path`` uses aiosqlite. Options as for :func:`create_engine`.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.get_driver_name() != "aiosqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    return sa_create_async_engine(parsed, **_engine_options(parsed, engine_options))
+
+
+def _engine_options(parsed: sa.URL, engine_options: dict[str, Any]) -> dict[str, Any]:
+    """JSON columns use orjson; PostgreSQL connects with a timeout."""
     engine_options.setdefault("json_serializer", _json_dumps)
     engine_options.setdefault("json_deserializer", orjson.loads)
     if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
@@ -356,7 +406,7 @@ def create_engine(url: str | sa.URL, **engine_options: Any) -> sa.Engine:
         connect_args = dict(engine_options.get("connect_args") or {})
         connect_args.setdefault("connect_timeout", 10)
         engine_options["connect_args"] = connect_args
-    return sa.create_engine(parsed, **engine_options)
+    return engine_options
 
 
 def _sqlite_on_begin(conn: sa.Connection) -> None:
@@ -368,11 +418,17 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
     """
     fairy = conn.connection
     if not fairy.info.get(_SQLITE_CONFIGURED):
-        dbapi = fairy.driver_connection
+        # The DBAPI connection (for aiosqlite, SQLAlchemy's synchronous adapter).
+        dbapi: Any = fairy.dbapi_connection
         assert dbapi is not None
         dbapi.isolation_level = None
-        for pragma in _SQLITE_PRAGMAS:
-            dbapi.execute(pragma).fetchall()
+        cursor = dbapi.cursor()
+        try:
+            for pragma in _SQLITE_PRAGMAS:
+                cursor.execute(pragma)
+                cursor.fetchall()
+        finally:
+            cursor.close()
         fairy.info[_SQLITE_CONFIGURED] = True
     mode = conn.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
     conn.exec_driver_sql(f"BEGIN {mode}")
@@ -457,8 +513,12 @@ def _snapshot_batch(snapshot: Snapshot) -> Batch:
 
 def _subset(batch: Batch, keep: Sequence[int]) -> Batch:
     payloads = tuple(batch.payloads[i] for i in keep)
-    return Batch(tuple(batch.messages[i] for i in keep), payloads,
-                 "".join(batch.kinds[i] for i in keep), sum(map(len, payloads)))
+    return Batch(
+        tuple(batch.messages[i] for i in keep),
+        payloads,
+        "".join(batch.kinds[i] for i in keep),
+        sum(map(len, payloads)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,9 +550,7 @@ class ArchiveCopy:
     stamps: Sequence[int] | None = None
 
     @classmethod
-    def of(
-        cls, snapshot: Snapshot, spilled: Iterable[tuple[int, Message]] = ()
-    ) -> ArchiveCopy:
+    def of(cls, snapshot: Snapshot, spilled: Iterable[tuple[int, Message]] = ()) -> ArchiveCopy:
         """A snapshot plus the older messages its tier spilled (``(seq, message)``)."""
         pairs = {seq: message for seq, message in spilled}
         pairs.update(zip(snapshot.seqs, snapshot.messages, strict=True))
@@ -543,79 +601,55 @@ class PreparedCopies:
     """Per copy: its message rows for ``COPY`` (PostgreSQL only; else empty)."""
 
 
-class ArchiveStore(BaseStore):
-    """The durable store: sessions and messages in PostgreSQL or SQLite tables.
+class ArchiveShared(StoreCore):
+    """Everything of the archive tier but its I/O, shared by the sync and async stores.
 
-    Pass an :class:`sqlalchemy.Engine` (shared with the application; the store
-    never disposes it) or a ``url`` (the store owns that engine and disposes it
-    on :meth:`close`). ``namespace`` scopes every session; ``options`` are those
-    of :class:`~tieredstore.BaseStore` (``default_ttl``, ``max_messages``,
-    ``sliding_ttl``, ``limits``, ``clock``). Expired sessions read as missing and
-    are removed by :meth:`purge_expired`.
+    Statements, the per-operation database work (``work(conn)`` functions on
+    a synchronous :class:`sqlalchemy.Connection`) and the retry policy live
+    here once, as plans (see :mod:`tieredstore.plans`) that yield
+    ``Op("db", "_in_transaction", (work, role))``. :class:`ArchiveStore` runs
+    each ``work`` in ``engine.begin()``; :class:`AsyncArchiveStore` runs the
+    very same function through ``AsyncConnection.run_sync``. ``role`` picks
+    the engine variant: ``single`` (one statement), ``reader`` (one snapshot),
+    ``writer`` (a locking transaction).
     """
 
     tier = "archive"
+    namespace: str
+    _pg: bool
+    _bulk_copy: bool
+    _url: sa.URL
+    _create_row: Any
 
-    def __init__(
-        self,
-        engine: sa.Engine | None = None,
-        *,
-        url: str | sa.URL | None = None,
-        namespace: str = "default",
-        **options: Any,
-    ) -> None:
-        super().__init__(**options)
-        if (engine is None) == (url is None):
-            raise InvalidInput("ArchiveStore needs either an engine or a url")
+    def _setup(self, engine: sa.Engine, namespace: str) -> dict[str, dict[str, Any]]:
+        """Check the dialect and prepare ``engine``; the execution options of each role."""
         self.namespace = check_session_id(namespace, self.limits, what="namespace")
-        self._owns_engine = engine is None
-        if engine is None:
-            assert url is not None
-            engine = create_engine(url)
-        self.engine = engine
+        self._url = engine.url
         dialect = engine.dialect.name
         self._pg = dialect == "postgresql"
-        self._single: sa.Engine
-        self._reader: sa.Engine
-        self._writer: sa.Engine
+        roles: dict[str, dict[str, Any]]
         if self._pg:
             insert: Any = postgresql.insert
             # One statement needs no BEGIN/COMMIT round trips; several
             # statements that must agree read one snapshot.
-            self._single = engine.execution_options(isolation_level="AUTOCOMMIT")
-            self._reader = engine.execution_options(isolation_level="REPEATABLE READ")
-            self._writer = engine
+            roles = {
+                "single": {"isolation_level": "AUTOCOMMIT"},
+                "reader": {"isolation_level": "REPEATABLE READ"},
+                "writer": {},
+            }
         elif dialect == "sqlite":
             _install_sqlite_hooks(engine)
             insert = sqlite.insert
-            self._single = self._reader = engine
-            self._writer = engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+            roles = {"single": {}, "reader": {}, "writer": {_SQLITE_BEGIN: "IMMEDIATE"}}
         else:
             raise InvalidInput(f"ArchiveStore supports PostgreSQL and SQLite, not {dialect!r}")
         self._create_row = insert(SESSIONS).on_conflict_do_nothing().returning(_S.version)
+        return roles
 
-    @classmethod
-    def from_url(
-        cls,
-        url: str | sa.URL,
-        *,
-        engine_options: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> ArchiveStore:
-        """A store on its own engine for ``url`` (``postgresql://...`` or ``sqlite:///...``).
-
-        ``engine_options`` (pool size, ...) go to :func:`create_engine`; the
-        store disposes the engine on :meth:`close`.
-        """
-        if not engine_options:
-            return cls(url=url, **kwargs)
-        store = cls(create_engine(url, **engine_options), **kwargs)
-        store._owns_engine = True
-        return store
-
-    def _close(self) -> None:
-        if self._owns_engine:
-            self.engine.dispose()
+    def _lock_scope(self) -> str:
+        # Sync and async stores on one database share their process-local locks.
+        url = self._url.set(drivername=self._url.get_backend_name())
+        return f"archive:{url.render_as_string(hide_password=True)}:{self.namespace}"
 
     # -- plumbing -------------------------------------------------------------
 
@@ -628,10 +662,10 @@ class ArchiveStore(BaseStore):
             params["now"] = now
         return params
 
-    def _run(
-        self, work: Callable[[sa.Connection], T], engine: sa.Engine, *, read: bool = False
-    ) -> T:
-        """Run ``work`` in one transaction on ``engine``, retrying lost races and deadlocks.
+    def _transaction(
+        self, work: Callable[[sa.Connection], T], role: str, *, read: bool = False
+    ) -> Plan[T]:
+        """Run ``work`` in one transaction of ``role``, retrying lost races and deadlocks.
 
         A ``read`` is also retried once on a fresh
         connection when its pooled one turns out dead (a database restart).
@@ -642,8 +676,8 @@ class ArchiveStore(BaseStore):
         while True:
             attempt += 1
             try:
-                with engine.begin() as conn:
-                    return work(conn)
+                result: T = yield Op("db", "_in_transaction", (work, role))
+                return result
             except _Retry:
                 if attempt >= _MAX_ATTEMPTS:
                     raise BackendUnavailable(
@@ -653,7 +687,7 @@ class ArchiveStore(BaseStore):
                 if read and exc.connection_invalidated and attempt == 1:
                     continue
                 if attempt < _MAX_ATTEMPTS and self._retryable(exc):
-                    time.sleep(0.001 * attempt)
+                    yield Op("clock", "sleep", (0.001 * attempt,))
                     continue
                 raise self._translate(exc) from exc
             except sa.exc.SQLAlchemyError as exc:
@@ -667,7 +701,7 @@ class ArchiveStore(BaseStore):
         return not self._pg and "database is locked" in str(exc.orig)
 
     def _translate(self, exc: sa.exc.SQLAlchemyError) -> BackendUnavailable:
-        where = self.engine.url.render_as_string(hide_password=True)
+        where = self._url.render_as_string(hide_password=True)
         orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
         text = str(orig).strip()
         detail = text.splitlines()[0] if text else type(orig).__name__
@@ -779,7 +813,7 @@ class ArchiveStore(BaseStore):
 
     # -- writes ---------------------------------------------------------------
 
-    def _save(
+    def _plan_save(
         self,
         sid: str,
         batch: Batch,
@@ -788,24 +822,26 @@ class ArchiveStore(BaseStore):
         metadata: FrozenDict | None,
         user_id: str | None,
         expected_version: int | None,
-    ) -> int:
-        return self.write_save(
+    ) -> Plan[int]:
+        receipt = yield from self._plan_write_save(
             sid,
             batch,
             ttl_ms=ttl_ms,
             metadata=metadata,
             user_id=user_id,
             expected_version=expected_version,
-        ).version
+        )
+        return receipt.version
 
-    def _append(
+    def _plan_append(
         self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
-    ) -> int:
-        return self.write_append(
+    ) -> Plan[int]:
+        receipt = yield from self._plan_write_append(
             sid, batch, ttl_ms=ttl_ms, expected_version=expected_version
-        ).version
+        )
+        return receipt.version
 
-    def write_save(
+    def _plan_write_save(
         self,
         sid: str,
         batch: Batch,
@@ -814,8 +850,8 @@ class ArchiveStore(BaseStore):
         metadata: FrozenDict | None,
         user_id: str | None,
         expected_version: int | None,
-    ) -> WriteReceipt:
-        """:meth:`save` on validated input, returning the full :class:`WriteReceipt`."""
+    ) -> Plan[WriteReceipt]:
+        """The plan of :meth:`ArchiveStore.write_save`."""
         from tieredstore.tiers.transfer import WriteReceipt
 
         n = len(batch)
@@ -875,12 +911,12 @@ class ArchiveStore(BaseStore):
                 values["ttl_ms"],
             )
 
-        return self._run(work, self._writer)
+        return (yield from self._transaction(work, "writer"))
 
-    def write_append(
+    def _plan_write_append(
         self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
-    ) -> WriteReceipt:
-        """:meth:`append` on validated input, returning the full :class:`WriteReceipt`."""
+    ) -> Plan[WriteReceipt]:
+        """The plan of :meth:`ArchiveStore.write_append`."""
         from tieredstore.tiers.transfer import WriteReceipt
 
         n = len(batch)
@@ -914,7 +950,7 @@ class ArchiveStore(BaseStore):
                 params.update(_arrays(batch, offsets, offsets))
                 return conn.execute(stmt, params).first()
 
-            bumped = self._run(one_statement, self._single)
+            bumped = yield from self._transaction(one_statement, "single")
             if bumped is not None:
                 return receipt(bumped)
 
@@ -955,7 +991,7 @@ class ArchiveStore(BaseStore):
             self._insert_messages(conn, sid, batch, keep, keep, now)
             return WriteReceipt(1, 0, n, now, now, expires, ttl_ms)
 
-        return self._run(work, self._writer)
+        return (yield from self._transaction(work, "writer"))
 
     def _trim_stored(self, conn: sa.Connection, sid: str, batch: Batch) -> list[int]:
         """Apply ``max_messages`` to the stored history plus ``batch`` (row locked).
@@ -977,7 +1013,7 @@ class ArchiveStore(BaseStore):
         )
         return [i for i in range(len(batch)) if not lead <= stored + i < end]
 
-    def _merge_metadata(self, sid: str, updates: FrozenDict) -> FrozenDict:
+    def _plan_merge_metadata(self, sid: str, updates: FrozenDict) -> Plan[FrozenDict]:
         def work(conn: sa.Connection) -> FrozenDict:
             now = self._now_ms()
             row = self._lock_row(conn, sid)
@@ -992,9 +1028,9 @@ class ArchiveStore(BaseStore):
             conn.execute(_UPDATE_ROW, self._params(sid, **values))
             return merged
 
-        return self._run(work, self._writer)
+        return (yield from self._transaction(work, "writer"))
 
-    def _delete(self, sid: str) -> bool:
+    def _plan_delete(self, sid: str) -> Plan[bool]:
         def work(conn: sa.Connection) -> bool:
             now = self._now_ms()
             gone = conn.execute(_DELETE_ROW, self._params(sid)).first()
@@ -1002,9 +1038,9 @@ class ArchiveStore(BaseStore):
             conn.execute(_DELETE_MESSAGES, self._params(sid))
             return self._is_live(gone, now)
 
-        return self._run(work, self._writer)
+        return (yield from self._transaction(work, "writer"))
 
-    def _fork(self, src: str, dst: str, *, ttl_ms: int | None) -> int:
+    def _plan_fork(self, src: str, dst: str, *, ttl_ms: int | None) -> Plan[int]:
         def work(conn: sa.Connection) -> int:
             now = self._now_ms()
             source = conn.execute(_SHARE_LIVE, self._params(src, now)).first()
@@ -1030,11 +1066,11 @@ class ArchiveStore(BaseStore):
             conn.execute(_COPY_MESSAGES, self._params(src, dst=dst))
             return 1
 
-        return self._run(work, self._writer)
+        return (yield from self._transaction(work, "writer"))
 
     # -- reads ----------------------------------------------------------------
 
-    def _read(self, sid: str, last: int | None) -> tuple[Any, list[Message]]:
+    def _plan_read(self, sid: str, last: int | None) -> Plan[tuple[Any, list[Message]]]:
         """The live session row and its messages, from one snapshot (sliding the TTL)."""
 
         def work(conn: sa.Connection) -> tuple[Any, list[Message]]:
@@ -1052,11 +1088,15 @@ class ArchiveStore(BaseStore):
                 payloads = conn.execute(_PAYLOADS_LAST, params).scalars().all()[::-1]
             return row, [decode_message(p) for p in payloads]
 
-        return self._run(work, self._writer if self.sliding_ttl else self._reader, read=True)
+        return (
+            yield from self._transaction(
+                work, "writer" if self.sliding_ttl else "reader", read=True
+            )
+        )
 
-    def _load(self, sid: str, last: int | None) -> list[Message]:
+    def _plan_load(self, sid: str, last: int | None) -> Plan[list[Message]]:
         if self.sliding_ttl or last == 0:
-            return self._read(sid, last)[1]
+            return (yield from self._plan_read(sid, last))[1]
 
         def work(conn: sa.Connection) -> list[Message]:
             params = self._params(sid, self._now_ms())
@@ -1069,10 +1109,10 @@ class ArchiveStore(BaseStore):
                 raise SessionNotFound(sid)
             return [decode_message(p) for p in payloads]
 
-        return self._run(work, self._single, read=True)
+        return (yield from self._transaction(work, "single", read=True))
 
-    def _get(self, sid: str, last: int | None) -> Session:
-        row, messages = self._read(sid, last)
+    def _plan_get(self, sid: str, last: int | None) -> Plan[Session]:
+        row, messages = yield from self._plan_read(sid, last)
         return Session(
             id=sid,
             messages=messages,
@@ -1086,42 +1126,40 @@ class ArchiveStore(BaseStore):
             tier="archive",
         )
 
-    def _count(self, sid: str) -> int:
+    def _plan_count(self, sid: str) -> Plan[int]:
         def work(conn: sa.Connection) -> int:
             count = conn.execute(_COUNT, self._params(sid, self._now_ms())).scalar()
             if count is None:
                 raise SessionNotFound(sid)
             return int(count)
 
-        return self._run(work, self._single, read=True)
+        return (yield from self._transaction(work, "single", read=True))
 
-    def _exists(self, sid: str) -> bool:
+    def _plan_exists(self, sid: str) -> Plan[bool]:
         def work(conn: sa.Connection) -> bool:
             return conn.execute(_EXISTS, self._params(sid, self._now_ms())).first() is not None
 
-        return self._run(work, self._single, read=True)
+        return (yield from self._transaction(work, "single", read=True))
 
-    def _list(self, user_id: str | None, limit: int, cursor: str | None, order: Order) -> Page:
+    def _plan_list(
+        self, user_id: str | None, limit: int, cursor: str | None, order: Order
+    ) -> Plan[Page]:
         position = decode_cursor(cursor) if cursor is not None else None
-        keys = self.list_keys(user_id, limit + 1, position, order)
+        keys = yield from self._plan_list_keys(user_id, limit + 1, position, order)
         if len(keys) <= limit:
             return Page([sid for _, sid in keys], None)
         return Page([sid for _, sid in keys[:limit]], encode_cursor(*keys[limit - 1]))
 
     # -- the tiered layer -----------------------------------------------------
 
-    def list_keys(
+    def _plan_list_keys(
         self,
         user_id: str | None,
         limit: int,
         position: tuple[int, str] | None,
         order: Order,
-    ) -> list[tuple[int, str]]:
-        """Up to ``limit`` ``(updated_ms, session_id)`` of live sessions after ``position``.
-
-        The keyset behind :meth:`list` (``position`` is a decoded cursor), for
-        merging this tier's index with another's.
-        """
+    ) -> Plan[list[tuple[int, str]]]:
+        """The plan of :meth:`ArchiveStore.list_keys`."""
         params: dict[str, Any] = {"ns": self.namespace, "last": limit}
         if position is not None:
             params["after_ms"], params["after_sid"] = position
@@ -1133,16 +1171,12 @@ class ArchiveStore(BaseStore):
             params["now"] = self._now_ms()
             return [(row.updated_ms, row.session_id) for row in conn.execute(stmt, params)]
 
-        return self._run(work, self._single, read=True)
+        return (yield from self._transaction(work, "single", read=True))
 
-    def snapshot(
+    def _plan_snapshot(
         self, session_id: str, last: int | None = None, /, *, refresh: bool = False
-    ) -> Snapshot | None:
-        """The live session with seqs and bookkeeping, or ``None``: what another tier copies.
-
-        ``last`` keeps only the newest messages; ``refresh`` slides the TTL
-        (as a read with ``sliding_ttl`` does).
-        """
+    ) -> Plan[Snapshot | None]:
+        """The plan of :meth:`ArchiveStore.snapshot`."""
         from tieredstore.tiers.transfer import Snapshot
 
         sid = self._sid(session_id)
@@ -1177,13 +1211,12 @@ class ArchiveStore(BaseStore):
                 base_seq=row.base_seq,
             )
 
-        return self._run(work, self._writer if refresh else self._reader, read=True)
+        return (yield from self._transaction(work, "writer" if refresh else "reader", read=True))
 
-    def history_page(
+    def _plan_history_page(
         self, session_id: str, before: int | None, limit: int
-    ) -> list[tuple[int, Message]] | None:
-        """The newest ``limit`` messages with seq below ``before`` as ``(seq, message)``,
-        oldest first; ``None`` if the session is missing or expired."""
+    ) -> Plan[list[tuple[int, Message]] | None]:
+        """The plan of :meth:`ArchiveStore.history_page`."""
         sid = self._sid(session_id)
 
         def work(conn: sa.Connection) -> list[tuple[int, Message]] | None:
@@ -1197,9 +1230,9 @@ class ArchiveStore(BaseStore):
                 return None
             return [(r.seq, decode_message(r.payload)) for r in reversed(rows)]
 
-        return self._run(work, self._single, read=True)
+        return (yield from self._transaction(work, "single", read=True))
 
-    def mirror(
+    def _plan_mirror(
         self,
         session_id: str,
         batch: Batch,
@@ -1208,36 +1241,31 @@ class ArchiveStore(BaseStore):
         replace: bool,
         metadata: FrozenDict | None = None,
         user_id: str | None = None,
-    ) -> bool:
-        """Apply a write that another tier made (``receipt`` says where it landed).
-
-        ``replace`` marks a ``save`` (the history restarts at ``receipt.first_seq``).
-        Idempotent and order-independent: messages land at their seqs, and the
-        session's version, expiry and metadata change only for a newer write.
-        Returns ``False`` when the write was stale (a newer incarnation of the
-        session is stored) or left a gap (an append to a session this tier does
-        not hold), so the caller can copy the whole session instead.
-        """
+    ) -> Plan[bool]:
+        """The plan of :meth:`ArchiveStore.mirror`."""
         sid = self._sid(session_id)
         seqs = [receipt.first_seq + i for i in range(len(batch))]
-        return self._apply(
-            sid,
-            batch,
-            seqs,
-            created_ms=receipt.created_ms,
-            updated_ms=receipt.updated_ms,
-            version=receipt.version,
-            expires_ms=receipt.expires_ms,
-            ttl_ms=receipt.ttl_ms,
-            next_seq=receipt.next_seq,
-            base_seq=receipt.first_seq if replace else None,
-            metadata=metadata,
-            user_id=user_id,
+        return (
+            yield from self._plan_apply(
+                sid,
+                batch,
+                seqs,
+                created_ms=receipt.created_ms,
+                updated_ms=receipt.updated_ms,
+                version=receipt.version,
+                expires_ms=receipt.expires_ms,
+                ttl_ms=receipt.ttl_ms,
+                next_seq=receipt.next_seq,
+                base_seq=receipt.first_seq if replace else None,
+                metadata=metadata,
+                user_id=user_id,
+            )
         )
 
-    def mirror_metadata(self, session_id: str, metadata: FrozenDict, receipt: WriteReceipt) -> bool:
-        """Apply a metadata write made in another tier; ``False`` if this tier lacks
-        that incarnation of the session (the write is then for the caller to copy)."""
+    def _plan_mirror_metadata(
+        self, session_id: str, metadata: FrozenDict, receipt: WriteReceipt
+    ) -> Plan[bool]:
+        """The plan of :meth:`ArchiveStore.mirror_metadata`."""
         sid = self._sid(session_id)
 
         def work(conn: sa.Connection) -> bool:
@@ -1255,30 +1283,26 @@ class ArchiveStore(BaseStore):
                 conn.execute(_UPDATE_ROW, self._params(sid, **values))
             return True
 
-        return self._run(work, self._writer)
+        return (yield from self._transaction(work, "writer"))
 
-    def restore(self, snapshot: Snapshot) -> bool:
-        """Copy a session from another tier into the archive (archival, write-back).
-
-        Same rules as :meth:`mirror`: stored messages of the same incarnation
-        at or after ``snapshot.base_seq`` are kept (older history the other
-        tier trimmed), the snapshot's messages land at their seqs, and the
-        bookkeeping changes only for a newer version. ``False`` if stale.
-        """
+    def _plan_restore(self, snapshot: Snapshot) -> Plan[bool]:
+        """The plan of :meth:`ArchiveStore.restore`."""
         sid = self._sid(snapshot.sid)
-        return self._apply(
-            sid,
-            _snapshot_batch(snapshot),
-            snapshot.seqs,
-            created_ms=snapshot.created_ms,
-            updated_ms=snapshot.updated_ms,
-            version=snapshot.version,
-            expires_ms=snapshot.expires_ms,
-            ttl_ms=snapshot.ttl_ms,
-            next_seq=snapshot.next_seq,
-            base_seq=snapshot.base_seq,
-            metadata=snapshot.metadata,
-            user_id=snapshot.user_id,
+        return (
+            yield from self._plan_apply(
+                sid,
+                _snapshot_batch(snapshot),
+                snapshot.seqs,
+                created_ms=snapshot.created_ms,
+                updated_ms=snapshot.updated_ms,
+                version=snapshot.version,
+                expires_ms=snapshot.expires_ms,
+                ttl_ms=snapshot.ttl_ms,
+                next_seq=snapshot.next_seq,
+                base_seq=snapshot.base_seq,
+                metadata=snapshot.metadata,
+                user_id=snapshot.user_id,
+            )
         )
 
     def prepare(self, copies: Sequence[ArchiveCopy]) -> PreparedCopies:
@@ -1288,7 +1312,7 @@ class ArchiveStore(BaseStore):
             raise InvalidInput("absorb_many got the same session twice")
         for sid in ids:
             self._sid(sid)
-        if not self._pg:
+        if not self._bulk_copy:
             return PreparedCopies(self.namespace, copies, [], [])
         ns = self.namespace
         loads = orjson.loads
@@ -1305,28 +1329,39 @@ class ArchiveStore(BaseStore):
                     continue
                 message = decoded[i] if decoded is not None else loads(payloads[i])
                 kept.append(kinds[i])
-                rows.append((ns, sid, seq, stamps[i], _no_nul(message["role"]), kinds[i],
-                             payloads[i], _content_text(message)))
+                rows.append(
+                    (
+                        ns,
+                        sid,
+                        seq,
+                        stamps[i],
+                        _no_nul(message["role"]),
+                        kinds[i],
+                        payloads[i],
+                        _content_text(message),
+                    )
+                )
             messages.append(rows)
-            sessions.append((
-                sid, copy.user_id, _json_dumps(copy.metadata), copy.created_ms,
-                copy.updated_ms, copy.expires_ms, copy.ttl_ms, copy.version, len(rows),
-                copy.next_seq, base, leading_system(kept),
-            ))
+            sessions.append(
+                (
+                    sid,
+                    copy.user_id,
+                    _json_dumps(copy.metadata),
+                    copy.created_ms,
+                    copy.updated_ms,
+                    copy.expires_ms,
+                    copy.ttl_ms,
+                    copy.version,
+                    len(rows),
+                    copy.next_seq,
+                    base,
+                    leading_system(kept),
+                )
+            )
         return PreparedCopies(ns, copies, sessions, messages)
 
-    def absorb_many(self, copies: Sequence[ArchiveCopy] | PreparedCopies) -> list[bool]:
-        """Upsert sessions copied from another tier, all in one transaction (archival).
-
-        Per session, as :meth:`restore`: messages land at their seqs and
-        stored seqs are left alone (so absorbing the same copy twice changes
-        nothing), rows below ``base_seq`` go (a save replaced them), and the
-        bookkeeping changes only for a version at least as new. Sessions the
-        archive does not hold yet are created in bulk (on PostgreSQL one
-        ``INSERT`` for the rows and one binary ``COPY`` for the messages).
-        ``copies`` may come from :meth:`prepare`. Returns, per copy, ``False``
-        if the archive holds a newer incarnation.
-        """
+    def _plan_absorb_many(self, copies: Sequence[ArchiveCopy] | PreparedCopies) -> Plan[list[bool]]:
+        """The plan of :meth:`ArchiveStore.absorb_many`."""
         prepared = copies if isinstance(copies, PreparedCopies) else self.prepare(copies)
         if prepared.namespace != self.namespace:
             raise InvalidInput("these copies were prepared for another namespace")
@@ -1335,13 +1370,15 @@ class ArchiveStore(BaseStore):
             return []
 
         def work(conn: sa.Connection) -> list[bool]:
-            rows = {row.session_id: row for row in conn.execute(
-                _LOCK_ROWS, {"ns": self.namespace, "ids": sorted(ids)})}
+            rows = {
+                row.session_id: row
+                for row in conn.execute(_LOCK_ROWS, {"ns": self.namespace, "ids": sorted(ids)})
+            }
             done: dict[str, bool] = {}
             fresh: list[int] = []
             for index, copy in enumerate(prepared.copies):
                 row = rows.get(copy.sid)
-                if row is None and self._pg:
+                if row is None and self._bulk_copy:
                     fresh.append(index)
                     continue
                 keep = [i for i, seq in enumerate(copy.seqs) if seq >= copy.base_seq]
@@ -1349,20 +1386,30 @@ class ArchiveStore(BaseStore):
                 if len(keep) < len(batch):
                     batch = _subset(batch, keep)
                 done[copy.sid] = self._apply_locked(
-                    conn, copy.sid, row, batch, [copy.seqs[i] for i in keep],
-                    created_ms=copy.created_ms, updated_ms=copy.updated_ms,
-                    version=copy.version, expires_ms=copy.expires_ms, ttl_ms=copy.ttl_ms,
-                    next_seq=copy.next_seq, base_seq=copy.base_seq, metadata=copy.metadata,
+                    conn,
+                    copy.sid,
+                    row,
+                    batch,
+                    [copy.seqs[i] for i in keep],
+                    created_ms=copy.created_ms,
+                    updated_ms=copy.updated_ms,
+                    version=copy.version,
+                    expires_ms=copy.expires_ms,
+                    ttl_ms=copy.ttl_ms,
+                    next_seq=copy.next_seq,
+                    base_seq=copy.base_seq,
+                    metadata=copy.metadata,
                     user_id=copy.user_id,
                 )
             if fresh:
                 self._create_many(conn, prepared, fresh)
             return [done.get(sid, True) for sid in ids]
 
-        return self._run(work, self._writer)
+        return (yield from self._transaction(work, "writer"))
 
-    def _create_many(self, conn: sa.Connection, prepared: PreparedCopies,
-                     fresh: Sequence[int]) -> None:
+    def _create_many(
+        self, conn: sa.Connection, prepared: PreparedCopies, fresh: Sequence[int]
+    ) -> None:
         """PostgreSQL: create the sessions ``fresh`` (indices) with their messages, in bulk.
 
         A session created concurrently since the rows were locked makes the
@@ -1381,23 +1428,24 @@ class ArchiveStore(BaseStore):
                 for row in prepared.messages[i]:
                     write(row)
 
-    def _apply(
+    def _plan_apply(
         self,
         sid: str,
         batch: Batch,
         seqs: Sequence[int],
         **bookkeeping: Any,
-    ) -> bool:
+    ) -> Plan[bool]:
         """Merge messages at known seqs plus versioned bookkeeping into the stored session.
 
         ``bookkeeping`` is that of :meth:`_apply_locked`, which runs in one transaction here.
         """
 
         def work(conn: sa.Connection) -> bool:
-            return self._apply_locked(conn, sid, self._lock_row(conn, sid), batch, seqs,
-                                      **bookkeeping)
+            return self._apply_locked(
+                conn, sid, self._lock_row(conn, sid), batch, seqs, **bookkeeping
+            )
 
-        return self._run(work, self._writer)
+        return (yield from self._transaction(work, "writer"))
 
     def _apply_locked(
         self,
@@ -1484,35 +1532,31 @@ class ArchiveStore(BaseStore):
 
     # -- maintenance ----------------------------------------------------------
 
-    def purge_expired(
+    def _plan_purge_expired(
         self,
         *,
         batch_size: int = 1000,
         max_batches: int | None = None,
         live: Callable[[list[str]], Mapping[str, int | None]] | None = None,
-    ) -> int:
-        """Delete this namespace's expired sessions, ``batch_size`` per transaction.
-
-        Returns how many were deleted. Reads already treat them as missing;
-        this reclaims their rows. See :meth:`purge_expired_batch` for ``live``.
-        """
+    ) -> Plan[int]:
+        """The plan of :meth:`ArchiveStore.purge_expired`."""
         total = 0
         batches = 0
         while max_batches is None or batches < max_batches:
             batches += 1
-            seen, purged = self.purge_expired_batch(batch_size, live=live)
+            seen, purged = yield from self._plan_purge_expired_batch(batch_size, live=live)
             total += purged
             if seen < batch_size:
                 break
         return total
 
-    def purge_expired_batch(
+    def _plan_purge_expired_batch(
         self,
         batch_size: int,
         *,
         live: Callable[[list[str]], Mapping[str, int | None]] | None = None,
         now_ms: int | None = None,
-    ) -> tuple[int, int]:
+    ) -> Plan[tuple[int, int]]:
         """One transaction of :meth:`purge_expired`: ``(expired rows seen, deleted)``.
 
         ``live(ids)`` names the sessions another tier still holds alive, with
@@ -1544,9 +1588,9 @@ class ArchiveStore(BaseStore):
             conn.execute(delete_messages, params)
             return len(ids), int(conn.execute(delete_sessions, params).rowcount)
 
-        return self._run(work, self._writer)
+        return (yield from self._transaction(work, "writer"))
 
-    def trim_batch(
+    def _plan_trim_batch(
         self,
         *,
         max_messages: int | None,
@@ -1554,19 +1598,16 @@ class ArchiveStore(BaseStore):
         batch_size: int,
         after: str | None = None,
         dry_run: bool = False,
-    ) -> tuple[list[str], int, int]:
-        """Enforce the trim policy on up to ``batch_size`` sessions after ``after`` (by id).
-
-        One transaction: ``(ids scanned, sessions trimmed, messages deleted)``;
-        pass the last id scanned as ``after`` to continue, ``[]`` means the end.
-        The policy is :func:`tieredstore.policy.plan_trim_bytes` over the stored
-        history; the version is left alone (a retention step, not a write).
-        """
+    ) -> Plan[tuple[list[str], int, int]]:
+        """The plan of :meth:`ArchiveStore.trim_batch`."""
         check_limit(batch_size, "batch_size", maximum=100_000)
 
         def work(conn: sa.Connection) -> tuple[list[str], int, int]:
-            params: dict[str, Any] = {"ns": self.namespace, "after": after or "",
-                                      "last": batch_size}
+            params: dict[str, Any] = {
+                "ns": self.namespace,
+                "after": after or "",
+                "last": batch_size,
+            }
             ids = list(conn.execute(_SESSION_IDS_AFTER, params).scalars())
             if not ids:
                 return [], 0, 0
@@ -1593,14 +1634,16 @@ class ArchiveStore(BaseStore):
                 low, high = rows[lead].seq, rows[lead + drop - 1].seq
                 conn.execute(_DELETE_MESSAGE_RANGE, self._params(sid, low=low, high=high))
                 kept = kinds[:lead] + kinds[lead + drop :]
-                conn.execute(_UPDATE_ROW, self._params(
-                    sid, message_count=len(kept), lead=leading_system(kept)))
+                conn.execute(
+                    _UPDATE_ROW,
+                    self._params(sid, message_count=len(kept), lead=leading_system(kept)),
+                )
             return ids, trimmed, dropped
 
-        return self._run(work, self._writer)
+        return (yield from self._transaction(work, "writer"))
 
-    def stats(self) -> dict[str, int]:
-        """Row counts for this namespace: sessions (live and expired) and messages."""
+    def _plan_stats(self) -> Plan[dict[str, int]]:
+        """The plan of :meth:`ArchiveStore.stats`."""
 
         def work(conn: sa.Connection) -> dict[str, int]:
             params = {"ns": self.namespace, "now": self._now_ms()}
@@ -1619,4 +1662,561 @@ class ArchiveStore(BaseStore):
                 "messages": int(messages),
             }
 
-        return self._run(work, self._reader, read=True)
+        return (yield from self._transaction(work, "reader", read=True))
+
+
+# -- the shells ----------------------------------------------------------------
+
+
+class ArchiveStore(ArchiveShared, BaseStore):
+    """The durable store: sessions and messages in PostgreSQL or SQLite tables.
+
+    Pass an :class:`sqlalchemy.Engine` (shared with the application; the store
+    never disposes it) or a ``url`` (the store owns that engine and disposes it
+    on :meth:`close`). ``namespace`` scopes every session; ``options`` are those
+    of :class:`~tieredstore.BaseStore` (``default_ttl``, ``max_messages``,
+    ``sliding_ttl``, ``limits``, ``clock``). Expired sessions read as missing and
+    are removed by :meth:`purge_expired`.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine | None = None,
+        *,
+        url: str | sa.URL | None = None,
+        namespace: str = "default",
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        if (engine is None) == (url is None):
+            raise InvalidInput("ArchiveStore needs either an engine or a url")
+        self._owns_engine = engine is None
+        if engine is None:
+            assert url is not None
+            engine = create_engine(url)
+        self.engine = engine
+        roles = self._setup(engine, namespace)
+        self._bulk_copy = self._pg
+        self._engines = {
+            role: engine.execution_options(**opts) if opts else engine
+            for role, opts in roles.items()
+        }
+        self._targets = {"db": self, "clock": time}
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | sa.URL,
+        *,
+        engine_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> ArchiveStore:
+        """A store on its own engine for ``url`` (``postgresql://...`` or ``sqlite:///...``).
+
+        ``engine_options`` (pool size, ...) go to :func:`create_engine`; the
+        store disposes the engine on :meth:`close`.
+        """
+        store = cls(create_engine(url, **(engine_options or {})), **kwargs)
+        store._owns_engine = True
+        return store
+
+    # -- the I/O shell ------------------------------------------------------------
+
+    def _in_transaction(self, work: Callable[[sa.Connection], T], role: str) -> T:
+        with self._engines[role].begin() as conn:
+            return work(conn)
+
+    def _drive(self, plan: Plan[T]) -> T:
+        return run(plan, self._targets)
+
+    def _close(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
+
+    # -- primitives ---------------------------------------------------------------
+
+    def _save(
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        metadata: FrozenDict | None,
+        user_id: str | None,
+        expected_version: int | None,
+    ) -> int:
+        return self._drive(
+            self._plan_save(
+                sid,
+                batch,
+                ttl_ms=ttl_ms,
+                metadata=metadata,
+                user_id=user_id,
+                expected_version=expected_version,
+            )
+        )
+
+    def _append(
+        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
+    ) -> int:
+        return self._drive(
+            self._plan_append(sid, batch, ttl_ms=ttl_ms, expected_version=expected_version)
+        )
+
+    def _load(self, sid: str, last: int | None) -> list[Message]:
+        return self._drive(self._plan_load(sid, last))
+
+    def _get(self, sid: str, last: int | None) -> Session:
+        return self._drive(self._plan_get(sid, last))
+
+    def _count(self, sid: str) -> int:
+        return self._drive(self._plan_count(sid))
+
+    def _exists(self, sid: str) -> bool:
+        return self._drive(self._plan_exists(sid))
+
+    def _merge_metadata(self, sid: str, updates: FrozenDict) -> FrozenDict:
+        return self._drive(self._plan_merge_metadata(sid, updates))
+
+    def _delete(self, sid: str) -> bool:
+        return self._drive(self._plan_delete(sid))
+
+    def _list(self, user_id: str | None, limit: int, cursor: str | None, order: Order) -> Page:
+        return self._drive(self._plan_list(user_id, limit, cursor, order))
+
+    def _fork(self, src: str, dst: str, *, ttl_ms: int | None) -> int:
+        return self._drive(self._plan_fork(src, dst, ttl_ms=ttl_ms))
+
+    # -- the tiered layer -----------------------------------------------------------
+
+    def write_save(
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        metadata: FrozenDict | None,
+        user_id: str | None,
+        expected_version: int | None,
+    ) -> WriteReceipt:
+        """:meth:`save` on validated input, returning the full :class:`WriteReceipt`."""
+        return self._drive(
+            self._plan_write_save(
+                sid,
+                batch,
+                ttl_ms=ttl_ms,
+                metadata=metadata,
+                user_id=user_id,
+                expected_version=expected_version,
+            )
+        )
+
+    def write_append(
+        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
+    ) -> WriteReceipt:
+        """:meth:`append` on validated input, returning the full :class:`WriteReceipt`."""
+        return self._drive(
+            self._plan_write_append(sid, batch, ttl_ms=ttl_ms, expected_version=expected_version)
+        )
+
+    def list_keys(
+        self,
+        user_id: str | None,
+        limit: int,
+        position: tuple[int, str] | None,
+        order: Order,
+    ) -> list[tuple[int, str]]:
+        """Up to ``limit`` ``(updated_ms, session_id)`` of live sessions after ``position``.
+
+        The keyset behind :meth:`list` (``position`` is a decoded cursor), for
+        merging this tier's index with another's.
+        """
+        return self._drive(self._plan_list_keys(user_id, limit, position, order))
+
+    def snapshot(
+        self, session_id: str, last: int | None = None, /, *, refresh: bool = False
+    ) -> Snapshot | None:
+        """The live session with seqs and bookkeeping, or ``None``: what another tier copies.
+
+        ``last`` keeps only the newest messages; ``refresh`` slides the TTL
+        (as a read with ``sliding_ttl`` does).
+        """
+        return self._drive(self._plan_snapshot(session_id, last, refresh=refresh))
+
+    def history_page(
+        self, session_id: str, before: int | None, limit: int
+    ) -> list[tuple[int, Message]] | None:
+        """The newest ``limit`` messages with seq below ``before`` as ``(seq, message)``,
+        oldest first; ``None`` if the session is missing or expired."""
+        return self._drive(self._plan_history_page(session_id, before, limit))
+
+    def mirror(
+        self,
+        session_id: str,
+        batch: Batch,
+        receipt: WriteReceipt,
+        *,
+        replace: bool,
+        metadata: FrozenDict | None = None,
+        user_id: str | None = None,
+    ) -> bool:
+        """Apply a write that another tier made (``receipt`` says where it landed).
+
+        ``replace`` marks a ``save`` (the history restarts at ``receipt.first_seq``).
+        Idempotent and order-independent: messages land at their seqs, and the
+        session's version, expiry and metadata change only for a newer write.
+        Returns ``False`` when the write was stale (a newer incarnation of the
+        session is stored) or left a gap (an append to a session this tier does
+        not hold), so the caller can copy the whole session instead.
+        """
+        return self._drive(
+            self._plan_mirror(
+                session_id, batch, receipt, replace=replace, metadata=metadata, user_id=user_id
+            )
+        )
+
+    def mirror_metadata(self, session_id: str, metadata: FrozenDict, receipt: WriteReceipt) -> bool:
+        """Apply a metadata write made in another tier; ``False`` if this tier lacks
+        that incarnation of the session (the write is then for the caller to copy)."""
+        return self._drive(self._plan_mirror_metadata(session_id, metadata, receipt))
+
+    def restore(self, snapshot: Snapshot) -> bool:
+        """Copy a session from another tier into the archive (archival, write-back).
+
+        Same rules as :meth:`mirror`: stored messages of the same incarnation
+        at or after ``snapshot.base_seq`` are kept (older history the other
+        tier trimmed), the snapshot's messages land at their seqs, and the
+        bookkeeping changes only for a newer version. ``False`` if stale.
+        """
+        return self._drive(self._plan_restore(snapshot))
+
+    def absorb_many(self, copies: Sequence[ArchiveCopy] | PreparedCopies) -> list[bool]:
+        """Upsert sessions copied from another tier, all in one transaction (archival).
+
+        Per session, as :meth:`restore`: messages land at their seqs and
+        stored seqs are left alone (so absorbing the same copy twice changes
+        nothing), rows below ``base_seq`` go (a save replaced them), and the
+        bookkeeping changes only for a version at least as new. Sessions the
+        archive does not hold yet are created in bulk (on PostgreSQL one
+        ``INSERT`` for the rows and one binary ``COPY`` for the messages).
+        ``copies`` may come from :meth:`prepare`. Returns, per copy, ``False``
+        if the archive holds a newer incarnation.
+        """
+        return self._drive(self._plan_absorb_many(copies))
+
+    # -- maintenance ----------------------------------------------------------------
+
+    def purge_expired(
+        self,
+        *,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+        live: Callable[[list[str]], Mapping[str, int | None]] | None = None,
+    ) -> int:
+        """Delete this namespace's expired sessions, ``batch_size`` per transaction.
+
+        Returns how many were deleted. Reads already treat them as missing;
+        this reclaims their rows. See :meth:`purge_expired_batch` for ``live``.
+        """
+        return self._drive(
+            self._plan_purge_expired(batch_size=batch_size, max_batches=max_batches, live=live)
+        )
+
+    def purge_expired_batch(
+        self,
+        batch_size: int,
+        *,
+        live: Callable[[list[str]], Mapping[str, int | None]] | None = None,
+        now_ms: int | None = None,
+    ) -> tuple[int, int]:
+        """One transaction of :meth:`purge_expired`: ``(expired rows seen, deleted)``.
+
+        ``live(ids)`` names the sessions another tier still holds alive, with
+        their expiry there (``None``: none): those rows are not deleted but
+        take that expiry, since the archive's copy of a session that lives on
+        in Redis is only as old as its last archival. It runs inside the
+        transaction and must not block for long.
+        """
+        return self._drive(self._plan_purge_expired_batch(batch_size, live=live, now_ms=now_ms))
+
+    def trim_batch(
+        self,
+        *,
+        max_messages: int | None,
+        max_bytes: int | None,
+        batch_size: int,
+        after: str | None = None,
+        dry_run: bool = False,
+    ) -> tuple[list[str], int, int]:
+        """Enforce the trim policy on up to ``batch_size`` sessions after ``after`` (by id).
+
+        One transaction: ``(ids scanned, sessions trimmed, messages deleted)``;
+        pass the last id scanned as ``after`` to continue, ``[]`` means the end.
+        The policy is :func:`tieredstore.policy.plan_trim_bytes` over the stored
+        history; the version is left alone (a retention step, not a write).
+        """
+        return self._drive(
+            self._plan_trim_batch(
+                max_messages=max_messages,
+                max_bytes=max_bytes,
+                batch_size=batch_size,
+                after=after,
+                dry_run=dry_run,
+            )
+        )
+
+    def stats(self) -> dict[str, int]:
+        """Row counts for this namespace: sessions (live and expired) and messages."""
+        return self._drive(self._plan_stats())
+
+
+class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
+    """The asyncio twin of :class:`ArchiveStore` over SQLAlchemy's async engine.
+
+    Pass an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` (``postgresql+psycopg``
+    or ``sqlite+aiosqlite``) or a ``url`` (a plain ``postgresql://`` or
+    ``sqlite:///`` URL picks those drivers; see :func:`create_async_engine`).
+    Each operation runs the same database work as :class:`ArchiveStore`,
+    through ``AsyncConnection.run_sync``, so statements, locking and retries are
+    identical. One difference: :meth:`absorb_many` creates new sessions with
+    ``INSERT`` rather than PostgreSQL's binary ``COPY``.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine | None = None,
+        *,
+        url: str | sa.URL | None = None,
+        namespace: str = "default",
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        if (engine is None) == (url is None):
+            raise InvalidInput("AsyncArchiveStore needs either an engine or a url")
+        self._owns_engine = engine is None
+        if engine is None:
+            assert url is not None
+            engine = create_async_engine(url)
+        self.engine = engine
+        roles = self._setup(engine.sync_engine, namespace)
+        self._bulk_copy = False
+        self._engines = {
+            role: engine.execution_options(**opts) if opts else engine
+            for role, opts in roles.items()
+        }
+        self._targets = {"db": self, "clock": asyncio}
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | sa.URL,
+        *,
+        engine_options: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> AsyncArchiveStore:
+        """A store on its own async engine for ``url``; see :meth:`ArchiveStore.from_url`."""
+        store = cls(create_async_engine(url, **(engine_options or {})), **kwargs)
+        store._owns_engine = True
+        return store
+
+    # -- the I/O shell ------------------------------------------------------------
+
+    async def _in_transaction(self, work: Callable[[sa.Connection], T], role: str) -> T:
+        async with self._engines[role].begin() as conn:
+            return await conn.run_sync(work)
+
+    async def _drive(self, plan: Plan[T]) -> T:
+        return await arun(plan, self._targets)
+
+    async def _aclose(self) -> None:
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    # -- primitives ---------------------------------------------------------------
+
+    async def _save(
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        metadata: FrozenDict | None,
+        user_id: str | None,
+        expected_version: int | None,
+    ) -> int:
+        return await self._drive(
+            self._plan_save(
+                sid,
+                batch,
+                ttl_ms=ttl_ms,
+                metadata=metadata,
+                user_id=user_id,
+                expected_version=expected_version,
+            )
+        )
+
+    async def _append(
+        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
+    ) -> int:
+        return await self._drive(
+            self._plan_append(sid, batch, ttl_ms=ttl_ms, expected_version=expected_version)
+        )
+
+    async def _load(self, sid: str, last: int | None) -> list[Message]:
+        return await self._drive(self._plan_load(sid, last))
+
+    async def _get(self, sid: str, last: int | None) -> Session:
+        return await self._drive(self._plan_get(sid, last))
+
+    async def _count(self, sid: str) -> int:
+        return await self._drive(self._plan_count(sid))
+
+    async def _exists(self, sid: str) -> bool:
+        return await self._drive(self._plan_exists(sid))
+
+    async def _merge_metadata(self, sid: str, updates: FrozenDict) -> FrozenDict:
+        return await self._drive(self._plan_merge_metadata(sid, updates))
+
+    async def _delete(self, sid: str) -> bool:
+        return await self._drive(self._plan_delete(sid))
+
+    async def _list(
+        self, user_id: str | None, limit: int, cursor: str | None, order: Order
+    ) -> Page:
+        return await self._drive(self._plan_list(user_id, limit, cursor, order))
+
+    async def _fork(self, src: str, dst: str, *, ttl_ms: int | None) -> int:
+        return await self._drive(self._plan_fork(src, dst, ttl_ms=ttl_ms))
+
+    # -- the tiered layer -----------------------------------------------------------
+
+    async def write_save(
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        metadata: FrozenDict | None,
+        user_id: str | None,
+        expected_version: int | None,
+    ) -> WriteReceipt:
+        """See :meth:`ArchiveStore.write_save`."""
+        return await self._drive(
+            self._plan_write_save(
+                sid,
+                batch,
+                ttl_ms=ttl_ms,
+                metadata=metadata,
+                user_id=user_id,
+                expected_version=expected_version,
+            )
+        )
+
+    async def write_append(
+        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
+    ) -> WriteReceipt:
+        """See :meth:`ArchiveStore.write_append`."""
+        return await self._drive(
+            self._plan_write_append(sid, batch, ttl_ms=ttl_ms, expected_version=expected_version)
+        )
+
+    async def list_keys(
+        self,
+        user_id: str | None,
+        limit: int,
+        position: tuple[int, str] | None,
+        order: Order,
+    ) -> list[tuple[int, str]]:
+        """See :meth:`ArchiveStore.list_keys`."""
+        return await self._drive(self._plan_list_keys(user_id, limit, position, order))
+
+    async def snapshot(
+        self, session_id: str, last: int | None = None, /, *, refresh: bool = False
+    ) -> Snapshot | None:
+        """See :meth:`ArchiveStore.snapshot`."""
+        return await self._drive(self._plan_snapshot(session_id, last, refresh=refresh))
+
+    async def history_page(
+        self, session_id: str, before: int | None, limit: int
+    ) -> list[tuple[int, Message]] | None:
+        """See :meth:`ArchiveStore.history_page`."""
+        return await self._drive(self._plan_history_page(session_id, before, limit))
+
+    async def mirror(
+        self,
+        session_id: str,
+        batch: Batch,
+        receipt: WriteReceipt,
+        *,
+        replace: bool,
+        metadata: FrozenDict | None = None,
+        user_id: str | None = None,
+    ) -> bool:
+        """See :meth:`ArchiveStore.mirror`."""
+        return await self._drive(
+            self._plan_mirror(
+                session_id, batch, receipt, replace=replace, metadata=metadata, user_id=user_id
+            )
+        )
+
+    async def mirror_metadata(
+        self, session_id: str, metadata: FrozenDict, receipt: WriteReceipt
+    ) -> bool:
+        """See :meth:`ArchiveStore.mirror_metadata`."""
+        return await self._drive(self._plan_mirror_metadata(session_id, metadata, receipt))
+
+    async def restore(self, snapshot: Snapshot) -> bool:
+        """See :meth:`ArchiveStore.restore`."""
+        return await self._drive(self._plan_restore(snapshot))
+
+    async def absorb_many(self, copies: Sequence[ArchiveCopy] | PreparedCopies) -> list[bool]:
+        """See :meth:`ArchiveStore.absorb_many` (new sessions by ``INSERT``, not ``COPY``)."""
+        return await self._drive(self._plan_absorb_many(copies))
+
+    async def purge_expired(
+        self,
+        *,
+        batch_size: int = 1000,
+        max_batches: int | None = None,
+        live: Callable[[list[str]], Mapping[str, int | None]] | None = None,
+    ) -> int:
+        """See :meth:`ArchiveStore.purge_expired`."""
+        return await self._drive(
+            self._plan_purge_expired(batch_size=batch_size, max_batches=max_batches, live=live)
+        )
+
+    async def purge_expired_batch(
+        self,
+        batch_size: int,
+        *,
+        live: Callable[[list[str]], Mapping[str, int | None]] | None = None,
+        now_ms: int | None = None,
+    ) -> tuple[int, int]:
+        """See :meth:`ArchiveStore.purge_expired_batch` (``live`` must not block)."""
+        return await self._drive(
+            self._plan_purge_expired_batch(batch_size, live=live, now_ms=now_ms)
+        )
+
+    async def trim_batch(
+        self,
+        *,
+        max_messages: int | None,
+        max_bytes: int | None,
+        batch_size: int,
+        after: str | None = None,
+        dry_run: bool = False,
+    ) -> tuple[list[str], int, int]:
+        """See :meth:`ArchiveStore.trim_batch`."""
+        return await self._drive(
+            self._plan_trim_batch(
+                max_messages=max_messages,
+                max_bytes=max_bytes,
+                batch_size=batch_size,
+                after=after,
+                dry_run=dry_run,
+            )
+        )
+
+    async def stats(self) -> dict[str, int]:
+        """See :meth:`ArchiveStore.stats`."""
+        return await self._drive(self._plan_stats())

@@ -15,6 +15,8 @@ Key layout (``P`` = ``{prefix}:{namespace}``)::
     P:exp              ZSET   sid -> expires ms (only sessions with a TTL)
     P:own              HASH   sid -> user id (finds the user index of a session
                               whose own keys have already expired)
+    P:{<sid>}:lock     STRING the session lock's holder token, with a PX expiry
+                              (see :mod:`tieredstore.locking`)
     P:inval            pub/sub channel of invalidations (not a key)
 
 A session exists while its hash exists and its ``expires`` lies in the
@@ -67,12 +69,14 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 import redis
+import redis.asyncio
 from redis.exceptions import RedisError
 
-from tieredstore.base import BaseStore
+from tieredstore.aio import AsyncBaseStore
+from tieredstore.base import BaseStore, StoreCore
 from tieredstore.codec import (
     decode_cursor,
     decode_json,
@@ -97,7 +101,17 @@ from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.policy import leading_system, plan_trim
 from tieredstore.tiers.transfer import Snapshot, WriteReceipt
 
-__all__ = ["SCRIPTS", "Call", "Commands", "RedisKeys", "RedisOps", "RedisStore", "Spilled"]
+__all__ = [
+    "SCRIPTS",
+    "AsyncRedisStore",
+    "Call",
+    "Commands",
+    "RedisKeys",
+    "RedisOps",
+    "RedisShared",
+    "RedisStore",
+    "Spilled",
+]
 
 T = TypeVar("T")
 Plan = Generator["Call | Commands", Any, T]
@@ -714,6 +728,17 @@ end
 return #sids
 """
 
+# KEYS lock; ARGV token [ttl_ms]. Compare-and-delete / compare-and-expire a
+# session lock (see tieredstore.locking): only the holder's token may.
+_LOCK_RELEASE = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_LOCK_EXTEND = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 SCRIPTS: dict[str, str] = {
     "save": _NOW + _HASH + _PUSH + _INDEX + _SAVE,
     "append": _NOW + _HASH + _PUSH + _INDEX + _TRIM + _APPEND,
@@ -727,6 +752,8 @@ SCRIPTS: dict[str, str] = {
     "restore": _NOW + _HASH + _INDEX + _RESTORE,
     "list": _NOW + _INDEX + _LIST,
     "purge": _NOW + _INDEX + _PURGE,
+    "lock_release": _LOCK_RELEASE,
+    "lock_extend": _LOCK_EXTEND,
 }
 """Lua source of every script, by name (shared by the sync and async shells)."""
 
@@ -803,6 +830,10 @@ class RedisKeys:
 
     def user(self, user_id: str) -> str:
         return self.user_prefix + user_id
+
+    def lock(self, sid: str) -> str:
+        """The session lock (:mod:`tieredstore.locking`); not one of :meth:`session`."""
+        return f"{self.root}{{{sid}}}:lock"
 
     def session(self, sid: str) -> list[str]:
         """The session's own keys, all in one cluster slot: list, hash, spill list."""
@@ -928,12 +959,16 @@ class RedisOps:
         sliding_ttl: bool,
         channel: str = "",
         spill: bool = False,
+        default_ttl_ms: int | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.keys = keys
+        self.limits = limits or Limits()
         self.max_messages = max_messages
         self.sliding_ttl = sliding_ttl
         self.channel = channel
         self.spill = spill
+        self.default_ttl_ms = default_ttl_ms
 
     # -- writes -----------------------------------------------------------------
 
@@ -1002,6 +1037,43 @@ class RedisOps:
         reply = yield Call("append", [*k.session(sid), k.idx, k.exp, k.own], args)
         return _receipt(reply) if _check_status(sid, expected_version, reply) else None
 
+    def save_version(
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        metadata: FrozenDict | None,
+        user_id: str | None,
+        expected_version: int | None,
+    ) -> Plan[int]:
+        """:meth:`save` returning only the new version (the ``_save`` primitive)."""
+        receipt = yield from self.save(
+            sid,
+            batch,
+            ttl_ms=ttl_ms,
+            metadata=metadata,
+            user_id=user_id,
+            expected_version=expected_version,
+        )
+        assert receipt is not None
+        return receipt.version
+
+    def append_version(
+        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
+    ) -> Plan[int]:
+        """:meth:`append` returning only the new version (the ``_append`` primitive)."""
+        receipt = yield from self.append(
+            sid, batch, ttl_ms=ttl_ms, expected_version=expected_version
+        )
+        assert receipt is not None
+        return receipt.version
+
+    def merged_metadata(self, sid: str, updates: FrozenDict) -> Plan[FrozenDict]:
+        """:meth:`merge_metadata` returning only the merged metadata."""
+        merged, _ = yield from self.merge_metadata(sid, updates)
+        return merged
+
     def merge_metadata(
         self, sid: str, updates: FrozenDict
     ) -> Plan[tuple[FrozenDict, WriteReceipt]]:
@@ -1045,7 +1117,7 @@ class RedisOps:
         reply = yield Call(
             "fork",
             [*k.session(src), *k.session(dst), k.idx, k.exp, k.own],
-            [src, dst, k.user_prefix, _ttl(ttl_ms), self.channel],
+            [src, dst, k.user_prefix, _ttl(ttl_ms or self.default_ttl_ms), self.channel],
         )
         if reply[0] == b"exists":
             raise SessionExists(dst)
@@ -1053,7 +1125,7 @@ class RedisOps:
         return int(reply[1])
 
     def restore(self, snapshot: Snapshot) -> Plan[bool]:
-        sid = snapshot.sid
+        sid = check_session_id(snapshot.sid, self.limits)
         count = len(snapshot.messages)
         if len(snapshot.seqs) != count or len(snapshot.kinds) != count:
             raise InvalidInput("snapshot messages, seqs and kinds differ in length")
@@ -1114,6 +1186,8 @@ class RedisOps:
         return _messages(reply[1])
 
     def snapshot(self, sid: str, last: int | None, refresh: bool) -> Plan[Snapshot | None]:
+        if last is not None and last < 0:
+            raise InvalidInput(f"last must be a non-negative integer, got {last!r}")
         reply = yield from self._read(sid, "get", last, refresh)
         if not reply[0]:
             return None
@@ -1136,6 +1210,7 @@ class RedisOps:
         return bool(reply[0])
 
     def exists_many(self, sids: Sequence[str]) -> Plan[list[bool]]:
+        sids = [check_session_id(sid, self.limits) for sid in sids]
         if not sids:
             return []
         k = self.keys
@@ -1152,6 +1227,7 @@ class RedisOps:
     def history_page(
         self, sid: str, before: int | None, limit: int
     ) -> Plan[list[tuple[int, Message]] | None]:
+        check_limit(limit, maximum=100_000)
         k = self.keys
         reply = yield Call(
             "history", [k.messages(sid), k.meta(sid), k.spill(sid)], [_opt(before), limit]
@@ -1162,6 +1238,8 @@ class RedisOps:
         return [(seq, decode_message(entry_payload(e))) for seq, e in entries[-limit:]]
 
     def spilled(self, sid: str, limit: int | None) -> Plan[list[Spilled]]:
+        if limit is not None:
+            check_limit(limit, maximum=1_000_000)
         stop = -1 if limit is None else limit - 1
         replies = yield Commands([("LRANGE", self.keys.spill(sid), 0, stop)])
         out: list[Spilled] = []
@@ -1174,6 +1252,7 @@ class RedisOps:
         self, user_id: str | None, limit: int, position: tuple[int, str] | None, order: Order
     ) -> Plan[list[tuple[int, str]]]:
         """Up to ``limit`` ``(updated_ms, sid)`` of live sessions strictly after ``position``."""
+        check_limit(limit, maximum=100_001)
         k = self.keys
         zset = k.idx if user_id is None else k.user(user_id)
         found: list[tuple[int, str]] = []
@@ -1202,6 +1281,7 @@ class RedisOps:
         return Page([sid for _, sid in found], None)
 
     def purge_expired(self, batch_size: int) -> Plan[int]:
+        check_limit(batch_size, "batch_size")
         k = self.keys
         total = 0
         while True:
@@ -1210,15 +1290,134 @@ class RedisOps:
             if int(reply) < batch_size:
                 return total
 
+    def stats(self) -> Plan[dict[str, int]]:
+        k = self.keys
+        indexed, expiring, memory = yield Commands(
+            [("ZCARD", k.idx), ("ZCARD", k.exp), ("INFO", "memory")]
+        )
+        return {
+            "indexed_sessions": int(indexed),
+            "expiring_sessions": int(expiring),
+            "used_memory": int(memory.get("used_memory", 0)),
+        }
+
+    # -- session locks (see tieredstore.locking) -----------------------------------
+
+    def lock_acquire(self, sid: str, token: str, ttl_ms: int) -> Plan[bool]:
+        replies = yield Commands([("SET", self.keys.lock(sid), token, "NX", "PX", ttl_ms)])
+        return bool(replies[0])
+
+    def lock_release(self, sid: str, token: str) -> Plan[bool]:
+        reply = yield Call("lock_release", [self.keys.lock(sid)], [token])
+        return bool(reply)
+
+    def lock_extend(self, sid: str, token: str, ttl_ms: int) -> Plan[bool]:
+        reply = yield Call("lock_extend", [self.keys.lock(sid)], [token, ttl_ms])
+        return bool(reply)
+
+    def lock_held(self, sid: str) -> Plan[bool]:
+        replies = yield Commands([("EXISTS", self.keys.lock(sid))])
+        return bool(replies[0])
+
 
 def _first(pair: tuple[int, bytes]) -> int:
     return pair[0]
 
 
-# -- the synchronous shell ---------------------------------------------------
+# -- the shells ----------------------------------------------------------------
 
 
-class RedisStore(BaseStore):
+class RedisShared(StoreCore):
+    """What :class:`RedisStore` and :class:`AsyncRedisStore` share; no I/O.
+
+    Construction rules, key names and the :class:`RedisOps` plans live here
+    (and above); the two shells only drive plans with their client.
+    """
+
+    tier = "redis"
+    _client_class: Any = redis.Redis
+    _pool_class: Any = redis.ConnectionPool
+    keys: RedisKeys
+    client: Any
+    _ops: RedisOps
+    _scripts: dict[str, Any]
+    _owns_client: bool
+
+    def _setup(
+        self,
+        client: Any,
+        url: str | None,
+        connection_pool: Any,
+        *,
+        namespace: str,
+        prefix: str,
+        publish: bool,
+        spill: bool,
+    ) -> None:
+        if sum(x is not None for x in (client, url, connection_pool)) > 1:
+            raise InvalidInput("pass at most one of client, url and connection_pool")
+        self.keys = RedisKeys(prefix, namespace)
+        self.publish = publish
+        self.spill = spill
+        self._owns_client = client is None
+        if client is None:
+            if url is not None:
+                client = self._client_class.from_url(url)
+            elif connection_pool is not None:
+                client = self._client_class(connection_pool=connection_pool)
+            else:
+                client = self._client_class()
+        if client.get_encoder().decode_responses:
+            raise InvalidInput(
+                f"{type(self).__name__} needs a client with decode_responses=False "
+                "(it stores binary entries)"
+            )
+        self.client = client
+        self._ops = RedisOps(
+            self.keys,
+            max_messages=self.max_messages,
+            sliding_ttl=self.sliding_ttl,
+            channel=self.keys.channel if publish else "",
+            spill=spill,
+            default_ttl_ms=self.default_ttl_ms,
+            limits=self.limits,
+        )
+        self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """A store on a client it builds (and closes) from ``url``.
+
+        Store options (``namespace``, ``prefix``, ``default_ttl``,
+        ``max_messages``, ``sliding_ttl``, ``limits``, ``clock``, ``publish``,
+        ``spill``) configure the store; any other keyword goes to the
+        connection pool's ``from_url`` (for example ``socket_timeout`` or
+        ``max_connections``).
+        """
+        store_options = {k: kwargs.pop(k) for k in _STORE_OPTIONS if k in kwargs}
+        client = cls._client_class.from_pool(cls._pool_class.from_url(url, **kwargs))
+        store = cls(client, **store_options)  # type: ignore[call-arg]
+        store._owns_client = True
+        return store
+
+    @property
+    def invalidation_channel(self) -> str:
+        """The pub/sub channel write scripts announce new generations on."""
+        return self.keys.channel
+
+    def keys_of(self, session_id: str) -> list[str]:
+        """The session's own keys: message list, hash, spill list."""
+        return self.keys.session(self._sid(session_id))
+
+    def _lock_backend(self) -> Any:
+        return self  # the lock_* methods below
+
+
+def _unavailable(exc: RedisError) -> BackendUnavailable:
+    return BackendUnavailable("redis", str(exc) or type(exc).__name__)
+
+
+class RedisStore(RedisShared, BaseStore):
     """Sessions in Redis: one LIST and one HASH per session, sorted-set indexes.
 
     Pass a ``redis.Redis`` ``client`` (kept open on :meth:`close`), a ``url``
@@ -1233,8 +1432,6 @@ class RedisStore(BaseStore):
     has copied them (:meth:`drain_spill`), instead of being discarded.
     """
 
-    tier = "redis"
-
     def __init__(
         self,
         client: redis.Redis | None = None,
@@ -1248,62 +1445,15 @@ class RedisStore(BaseStore):
         **options: Any,
     ) -> None:
         super().__init__(**options)
-        if sum(x is not None for x in (client, url, connection_pool)) > 1:
-            raise InvalidInput("pass at most one of client, url and connection_pool")
-        self.keys = RedisKeys(prefix, namespace)
-        self.publish = publish
-        self.spill = spill
-        self._owns_client = client is None
-        if client is None:
-            if url is not None:
-                client = redis.Redis.from_url(url)
-            elif connection_pool is not None:
-                client = redis.Redis(connection_pool=connection_pool)
-            else:
-                client = redis.Redis()
-        if client.get_encoder().decode_responses:
-            if self._owns_client:
-                client.close()
-            raise InvalidInput(
-                "RedisStore needs a client with decode_responses=False (it stores binary entries)"
-            )
-        self.client = client
-        self._ops = RedisOps(
-            self.keys,
-            max_messages=self.max_messages,
-            sliding_ttl=self.sliding_ttl,
-            channel=self.keys.channel if publish else "",
+        self._setup(
+            client,
+            url,
+            connection_pool,
+            namespace=namespace,
+            prefix=prefix,
+            publish=publish,
             spill=spill,
         )
-        self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
-        """A store on a client it builds (and closes) from ``url``.
-
-        Store options (``namespace``, ``prefix``, ``default_ttl``,
-        ``max_messages``, ``sliding_ttl``, ``limits``, ``clock``, ``publish``,
-        ``spill``) configure the store; any other keyword goes to
-        ``redis.Redis.from_url`` (for example ``socket_timeout``).
-        """
-        store_options = {k: kwargs.pop(k) for k in _STORE_OPTIONS if k in kwargs}
-        client = redis.Redis.from_url(url, **kwargs)
-        try:
-            store = cls(client, **store_options)
-        except BaseException:
-            client.close()
-            raise
-        store._owns_client = True
-        return store
-
-    @property
-    def invalidation_channel(self) -> str:
-        """The pub/sub channel write scripts announce new generations on."""
-        return self.keys.channel
-
-    def keys_of(self, session_id: str) -> list[str]:
-        """The session's own keys: message list, hash, spill list."""
-        return self.keys.session(self._sid(session_id))
 
     # -- the I/O shell ------------------------------------------------------
 
@@ -1317,12 +1467,12 @@ class RedisStore(BaseStore):
                     if isinstance(call, Commands):
                         pipe = self.client.pipeline(transaction=False)
                         for command in call.commands:
-                            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                            pipe.execute_command(*command)
                         reply = pipe.execute()
                     else:
                         reply = scripts[call.script](keys=call.keys, args=call.args)
                 except RedisError as exc:
-                    raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
+                    raise _unavailable(exc) from exc
                 call = plan.send(reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
@@ -1343,25 +1493,23 @@ class RedisStore(BaseStore):
         user_id: str | None,
         expected_version: int | None,
     ) -> int:
-        receipt = self.write_save(
-            sid,
-            batch=batch,
-            ttl_ms=ttl_ms,
-            metadata=metadata,
-            user_id=user_id,
-            expected_version=expected_version,
+        return self._drive(
+            self._ops.save_version(
+                sid,
+                batch,
+                ttl_ms=ttl_ms,
+                metadata=metadata,
+                user_id=user_id,
+                expected_version=expected_version,
+            )
         )
-        assert receipt is not None
-        return receipt.version
 
     def _append(
         self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
     ) -> int:
-        receipt = self.write_append(
-            sid, batch=batch, ttl_ms=ttl_ms, expected_version=expected_version
+        return self._drive(
+            self._ops.append_version(sid, batch, ttl_ms=ttl_ms, expected_version=expected_version)
         )
-        assert receipt is not None
-        return receipt.version
 
     def _load(self, sid: str, last: int | None) -> list[Message]:
         return self._drive(self._ops.load(sid, last))
@@ -1376,7 +1524,7 @@ class RedisStore(BaseStore):
         return self._drive(self._ops.exists(sid))
 
     def _merge_metadata(self, sid: str, updates: FrozenDict) -> FrozenDict:
-        return self.write_merge_metadata(sid, updates)[0]
+        return self._drive(self._ops.merged_metadata(sid, updates))
 
     def _delete(self, sid: str) -> bool:
         return self._drive(self._ops.delete(sid))
@@ -1385,7 +1533,7 @@ class RedisStore(BaseStore):
         return self._drive(self._ops.list(user_id, limit, cursor, order))
 
     def _fork(self, src: str, dst: str, *, ttl_ms: int | None) -> int:
-        return self._drive(self._ops.fork(src, dst, ttl_ms=ttl_ms or self.default_ttl_ms))
+        return self._drive(self._ops.fork(src, dst, ttl_ms=ttl_ms))
 
     # -- the tiered layer (TieredStore's view of this tier) ---------------------
     #
@@ -1452,8 +1600,6 @@ class RedisStore(BaseStore):
         bookkeeping in one round trip, or ``None`` if missing. ``refresh``
         slides the expiry by the stored TTL in the same script. Spilled
         entries are not part of it."""
-        if last is not None and last < 0:
-            raise InvalidInput(f"last must be a non-negative integer, got {last!r}")
         return self._drive(self._ops.snapshot(self._sid(sid), last, refresh))
 
     def restore(self, snapshot: Snapshot) -> bool:
@@ -1464,7 +1610,6 @@ class RedisStore(BaseStore):
         absolute expiry are kept as given; nothing is trimmed. No invalidation
         is published: the logical state did not change.
         """
-        self._sid(snapshot.sid)
         return self._drive(self._ops.restore(snapshot))
 
     def history_page(
@@ -1473,7 +1618,6 @@ class RedisStore(BaseStore):
         """The newest ``limit`` messages with seq below ``before`` (any when
         ``None``), window and spill list together, oldest first, as
         ``(seq, message)``; ``None`` if the session is missing. One round trip."""
-        check_limit(limit, maximum=100_000)
         return self._drive(self._ops.history_page(self._sid(sid), before, limit))
 
     def list_keys(
@@ -1481,17 +1625,16 @@ class RedisStore(BaseStore):
     ) -> list[tuple[int, str]]:
         """Up to ``limit`` ``(updated_ms, session_id)`` of live sessions strictly
         after ``position`` in ``order``: the keyset behind :meth:`list`."""
-        check_limit(limit, maximum=100_001)
         return self._drive(self._ops.list_keys(user_id, limit, position, order))
 
     def exists_many(self, sids: Sequence[str]) -> list[bool]:
         """Whether each session is live here, in one pipelined round trip."""
-        return self._drive(self._ops.exists_many([self._sid(sid) for sid in sids]))
+        return self._drive(self._ops.exists_many(sids))
 
     def drop(self, sid: str) -> bool:
         """Remove the session from this tier (as :meth:`delete`, publishing the
         invalidation): for copies known to be stale."""
-        return self._delete(self._sid(sid))
+        return self._drive(self._ops.delete(self._sid(sid)))
 
     # -- archival support ---------------------------------------------------------
 
@@ -1501,8 +1644,6 @@ class RedisStore(BaseStore):
         With ``spill=True`` these are the messages trims moved out of the hot
         window and the archive does not yet hold; ``[]`` when there are none.
         """
-        if limit is not None:
-            check_limit(limit, maximum=1_000_000)
         return self._drive(self._ops.spilled(self._sid(sid), limit))
 
     def drain_spill(self, sid: str, upto_seq: int, *, created_ms: int | None = None) -> int:
@@ -1529,21 +1670,257 @@ class RedisStore(BaseStore):
         keys itself; this reclaims the index entries of sessions nobody lists.
         Returns how many were removed.
         """
-        check_limit(batch_size, "batch_size")
         return self._drive(self._ops.purge_expired(batch_size))
 
     def stats(self) -> dict[str, int]:
         """Indexed and expiring session counts and Redis memory use (one round trip)."""
+        return self._drive(self._ops.stats())
+
+    # -- session locks (the backend of tieredstore.locking) ------------------------
+
+    def lock_acquire(self, sid: str, token: str, ttl_ms: int) -> bool:
+        return self._drive(self._ops.lock_acquire(sid, token, ttl_ms))
+
+    def lock_release(self, sid: str, token: str) -> bool:
+        return self._drive(self._ops.lock_release(sid, token))
+
+    def lock_extend(self, sid: str, token: str, ttl_ms: int) -> bool:
+        return self._drive(self._ops.lock_extend(sid, token, ttl_ms))
+
+    def lock_held(self, sid: str) -> bool:
+        return self._drive(self._ops.lock_held(sid))
+
+
+class AsyncRedisStore(RedisShared, AsyncBaseStore):
+    """The asyncio twin of :class:`RedisStore` over ``redis.asyncio``.
+
+    Same keys, scripts, plans, options and errors; every method that talks
+    to Redis is a coroutine. ``client`` is a ``redis.asyncio.Redis``.
+
+    Many concurrent tasks need many connections: :meth:`from_url` builds a
+    ``BlockingConnectionPool`` (tasks wait for a free connection, up to its
+    ``timeout``, instead of failing with "Too many connections"); give a
+    client you build yourself one too.
+    """
+
+    _client_class = redis.asyncio.Redis
+    _pool_class = redis.asyncio.BlockingConnectionPool
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | None = None,
+        *,
+        url: str | None = None,
+        connection_pool: redis.asyncio.ConnectionPool | None = None,
+        namespace: str = "default",
+        prefix: str = "ts",
+        publish: bool = True,
+        spill: bool = False,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self._setup(
+            client,
+            url,
+            connection_pool,
+            namespace=namespace,
+            prefix=prefix,
+            publish=publish,
+            spill=spill,
+        )
+
+    # -- the I/O shell ------------------------------------------------------
+
+    async def _drive(self, plan: Plan[T]) -> T:
+        """Await a plan's calls; driver errors become :class:`BackendUnavailable`."""
+        scripts = self._scripts
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.zcard(self.keys.idx)
-            pipe.zcard(self.keys.exp)
-            pipe.info("memory")
-            indexed, expiring, memory = pipe.execute()
-        except RedisError as exc:
-            raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
-        return {
-            "indexed_sessions": int(indexed),
-            "expiring_sessions": int(expiring),
-            "used_memory": int(memory.get("used_memory", 0)),
-        }
+            call = next(plan)
+            while True:
+                try:
+                    if isinstance(call, Commands):
+                        pipe = self.client.pipeline(transaction=False)
+                        for command in call.commands:
+                            pipe.execute_command(*command)
+                        reply = await pipe.execute()
+                    else:
+                        reply = await scripts[call.script](keys=call.keys, args=call.args)
+                except RedisError as exc:
+                    raise _unavailable(exc) from exc
+                call = plan.send(reply)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    async def _aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+    # -- primitives -----------------------------------------------------------
+
+    async def _save(
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        metadata: FrozenDict | None,
+        user_id: str | None,
+        expected_version: int | None,
+    ) -> int:
+        return await self._drive(
+            self._ops.save_version(
+                sid,
+                batch,
+                ttl_ms=ttl_ms,
+                metadata=metadata,
+                user_id=user_id,
+                expected_version=expected_version,
+            )
+        )
+
+    async def _append(
+        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
+    ) -> int:
+        return await self._drive(
+            self._ops.append_version(sid, batch, ttl_ms=ttl_ms, expected_version=expected_version)
+        )
+
+    async def _load(self, sid: str, last: int | None) -> list[Message]:
+        return await self._drive(self._ops.load(sid, last))
+
+    async def _get(self, sid: str, last: int | None) -> Session:
+        return await self._drive(self._ops.get(sid, last))
+
+    async def _count(self, sid: str) -> int:
+        return await self._drive(self._ops.count(sid))
+
+    async def _exists(self, sid: str) -> bool:
+        return await self._drive(self._ops.exists(sid))
+
+    async def _merge_metadata(self, sid: str, updates: FrozenDict) -> FrozenDict:
+        return await self._drive(self._ops.merged_metadata(sid, updates))
+
+    async def _delete(self, sid: str) -> bool:
+        return await self._drive(self._ops.delete(sid))
+
+    async def _list(
+        self, user_id: str | None, limit: int, cursor: str | None, order: Order
+    ) -> Page:
+        return await self._drive(self._ops.list(user_id, limit, cursor, order))
+
+    async def _fork(self, src: str, dst: str, *, ttl_ms: int | None) -> int:
+        return await self._drive(self._ops.fork(src, dst, ttl_ms=ttl_ms))
+
+    # -- the tiered layer (AsyncTieredStore's view of this tier) ----------------
+
+    async def write_save(
+        self,
+        sid: str,
+        *,
+        batch: Batch,
+        ttl_ms: int | None,
+        metadata: FrozenDict | None,
+        user_id: str | None,
+        expected_version: int | None,
+        create: bool = True,
+    ) -> WriteReceipt | None:
+        """See :meth:`RedisStore.write_save`."""
+        return await self._drive(
+            self._ops.save(
+                self._sid(sid),
+                batch,
+                ttl_ms=ttl_ms,
+                metadata=metadata,
+                user_id=user_id,
+                expected_version=expected_version,
+                create=create,
+            )
+        )
+
+    async def write_append(
+        self,
+        sid: str,
+        *,
+        batch: Batch,
+        ttl_ms: int | None,
+        expected_version: int | None,
+        create: bool = True,
+    ) -> WriteReceipt | None:
+        """See :meth:`RedisStore.write_append`."""
+        return await self._drive(
+            self._ops.append(
+                self._sid(sid),
+                batch,
+                ttl_ms=ttl_ms,
+                expected_version=expected_version,
+                create=create,
+            )
+        )
+
+    async def write_merge_metadata(
+        self, sid: str, updates: FrozenDict
+    ) -> tuple[FrozenDict, WriteReceipt]:
+        """See :meth:`RedisStore.write_merge_metadata`."""
+        return await self._drive(self._ops.merge_metadata(self._sid(sid), updates))
+
+    async def snapshot(
+        self, sid: str, last: int | None = None, *, refresh: bool = False
+    ) -> Snapshot | None:
+        """See :meth:`RedisStore.snapshot`."""
+        return await self._drive(self._ops.snapshot(self._sid(sid), last, refresh))
+
+    async def restore(self, snapshot: Snapshot) -> bool:
+        """See :meth:`RedisStore.restore`."""
+        return await self._drive(self._ops.restore(snapshot))
+
+    async def history_page(
+        self, sid: str, before: int | None, limit: int
+    ) -> list[tuple[int, Message]] | None:
+        """See :meth:`RedisStore.history_page`."""
+        return await self._drive(self._ops.history_page(self._sid(sid), before, limit))
+
+    async def list_keys(
+        self, user_id: str | None, limit: int, position: tuple[int, str] | None, order: Order
+    ) -> list[tuple[int, str]]:
+        """See :meth:`RedisStore.list_keys`."""
+        return await self._drive(self._ops.list_keys(user_id, limit, position, order))
+
+    async def exists_many(self, sids: Sequence[str]) -> list[bool]:
+        """See :meth:`RedisStore.exists_many`."""
+        return await self._drive(self._ops.exists_many(sids))
+
+    async def drop(self, sid: str) -> bool:
+        """See :meth:`RedisStore.drop`."""
+        return await self._drive(self._ops.delete(self._sid(sid)))
+
+    async def spilled(self, sid: str, limit: int | None = None) -> list[Spilled]:
+        """See :meth:`RedisStore.spilled`."""
+        return await self._drive(self._ops.spilled(self._sid(sid), limit))
+
+    async def drain_spill(self, sid: str, upto_seq: int, *, created_ms: int | None = None) -> int:
+        """See :meth:`RedisStore.drain_spill`."""
+        return await self._drive(self._ops.drain_spill(self._sid(sid), upto_seq, created_ms))
+
+    async def evict(self, sid: str, *, created_ms: int, version: int) -> bool:
+        """See :meth:`RedisStore.evict`."""
+        return await self._drive(self._ops.evict(self._sid(sid), created_ms, version))
+
+    async def purge_expired(self, *, batch_size: int = 1000) -> int:
+        """See :meth:`RedisStore.purge_expired`."""
+        return await self._drive(self._ops.purge_expired(batch_size))
+
+    async def stats(self) -> dict[str, int]:
+        """See :meth:`RedisStore.stats`."""
+        return await self._drive(self._ops.stats())
+
+    async def lock_acquire(self, sid: str, token: str, ttl_ms: int) -> bool:
+        return await self._drive(self._ops.lock_acquire(sid, token, ttl_ms))
+
+    async def lock_release(self, sid: str, token: str) -> bool:
+        return await self._drive(self._ops.lock_release(sid, token))
+
+    async def lock_extend(self, sid: str, token: str, ttl_ms: int) -> bool:
+        return await self._drive(self._ops.lock_extend(sid, token, ttl_ms))
+
+    async def lock_held(self, sid: str) -> bool:
+        return await self._drive(self._ops.lock_held(sid))

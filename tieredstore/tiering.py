@@ -1,0 +1,890 @@
+"""The I/O-free core of ``TieredStore`` and ``AsyncTieredStore``: every tier decision, once.
+
+:class:`TieredCore` decides where a read is served from, what gets promoted,
+where a write goes and what happens when a tier is down. Each operation is a
+plan (see :mod:`tieredstore.plans`) that yields ``Op("redis", ...)`` and
+``Op("archive", ...)`` — calls of the Redis and archive tiers' methods — and
+uses the memory tier directly (it never blocks). ``TieredStore`` runs the
+plans against ``RedisStore``/``ArchiveStore``; ``AsyncTieredStore`` awaits
+the same calls on ``AsyncRedisStore``/``AsyncArchiveStore``, whose methods
+have the same names and signatures.
+
+:class:`TieredShell` holds what both shells share besides the plans:
+construction checks, statistics and the choice of lock.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, Self
+
+from tieredstore.base import StoreCore
+from tieredstore.codec import decode_cursor, encode_cursor, encode_json
+from tieredstore.coherence import Generation, SeenGenerations
+from tieredstore.config import Limits
+from tieredstore.core import Batch, Clock, Order, TTLLike, check_limit, prepare_batch, to_ms
+from tieredstore.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    SessionExists,
+    SessionNotFound,
+    VersionConflict,
+)
+from tieredstore.locking import LocalLocks
+from tieredstore.model import FrozenDict, Message, Page, Session
+from tieredstore.plans import Op, Plan
+from tieredstore.policy import message_kind, plan_trim
+from tieredstore.tiers.memory import MemoryStore, SessionEntry, entry_size
+from tieredstore.tiers.transfer import Snapshot, WriteReceipt
+
+__all__ = [
+    "Durability",
+    "HistoryPage",
+    "TieredCore",
+    "TieredShell",
+    "default_data_dir",
+    "settings_from_env",
+]
+
+Durability = Literal["archive", "write_through"]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Messages of a full history, oldest first, with their seqs.
+
+    Pass ``next_before`` as ``before=`` to get the page of older messages;
+    it is ``None`` when the start of the history has been reached.
+    """
+
+    messages: list[Message]
+    seqs: list[int]
+    next_before: int | None
+
+
+@dataclass
+class TierStats:
+    hits: int = 0
+    misses: int = 0
+    promotions: int = 0
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "promotions": self.promotions,
+            "errors": self.errors,
+        }
+
+
+class ListenerStatus(Protocol):
+    """What the core reads from an invalidation listener (thread or task)."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def received(self) -> int: ...
+
+    @property
+    def disconnects(self) -> int: ...
+
+
+def default_data_dir() -> Path:
+    """Where the embedded SQLite archive lives (``TIEREDSTORE_DATA_DIR`` overrides)."""
+    configured = os.environ.get("TIEREDSTORE_DATA_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tieredstore"
+
+
+def embedded_archive_url() -> str:
+    """The embedded default archive's URL (SQLite in :func:`default_data_dir`), migrated."""
+    from tieredstore.migration import migrate
+
+    data_dir = default_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{data_dir / 'archive.db'}"
+    migrate(url)
+    return url
+
+
+def settings_from_env(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``from_url`` keyword arguments from ``TIEREDSTORE_*`` variables (README table)."""
+    env = os.environ
+    settings: dict[str, Any] = {
+        "redis_url": env.get("TIEREDSTORE_REDIS_URL") or None,
+        "database_url": env.get("TIEREDSTORE_DATABASE_URL") or None,
+        "namespace": env.get("TIEREDSTORE_NAMESPACE", "default"),
+        "prefix": env.get("TIEREDSTORE_PREFIX", "ts"),
+        "durability": env.get("TIEREDSTORE_DURABILITY", "archive"),
+        "migrate": env.get("TIEREDSTORE_MIGRATE", "0").lower() in ("1", "true", "yes"),
+    }
+    if "TIEREDSTORE_MEMORY_MAX_BYTES" in env:
+        settings["memory_max_bytes"] = int(env["TIEREDSTORE_MEMORY_MAX_BYTES"]) or None
+    if env.get("TIEREDSTORE_DEFAULT_TTL"):
+        settings["default_ttl"] = timedelta(seconds=float(env["TIEREDSTORE_DEFAULT_TTL"]))
+    if env.get("TIEREDSTORE_MAX_MESSAGES"):
+        settings["max_messages"] = int(env["TIEREDSTORE_MAX_MESSAGES"])
+    if env.get("TIEREDSTORE_STALE_AFTER"):
+        settings["stale_after"] = float(env["TIEREDSTORE_STALE_AFTER"])
+    settings.update(overrides)
+    if not settings["redis_url"] and not settings["database_url"]:
+        settings["database_url"] = f"sqlite:///{default_data_dir() / 'archive.db'}"
+        settings["migrate"] = True
+        default_data_dir().mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def tier_options(
+    *,
+    namespace: str,
+    prefix: str,
+    durability: Durability,
+    max_messages: int | None,
+    has_redis: bool,
+    has_archive: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Options of the Redis and the archive tier of one tiered store.
+
+    Redis spills what its trims drop when the worker archives (``archive``
+    durability); the archive trims only when it is the primary.
+    """
+    redis_options = {
+        "namespace": namespace,
+        "prefix": prefix,
+        "max_messages": max_messages,
+        "spill": durability == "archive" and has_archive,
+    }
+    archive_options = {
+        "namespace": namespace,
+        "max_messages": None if has_redis else max_messages,
+    }
+    return redis_options, archive_options
+
+
+def _redis(name: str, *args: Any, **kwargs: Any) -> Op:
+    return Op("redis", name, args, kwargs)
+
+
+def _archive(name: str, *args: Any, **kwargs: Any) -> Op:
+    return Op("archive", name, args, kwargs)
+
+
+class TieredCore:
+    """Every decision of the tiered store, as plans over the Redis and archive tiers.
+
+    ``memory`` is used directly; ``has_redis``/``has_archive`` say which of
+    the other two exist. ``listener`` (set by the shell) reports the health
+    of the invalidation channel.
+    """
+
+    def __init__(
+        self,
+        *,
+        memory: MemoryStore | None,
+        has_redis: bool,
+        has_archive: bool,
+        durability: Durability,
+        stale_after: float,
+        max_messages: int | None,
+        sliding_ttl: bool,
+        default_ttl_ms: int | None,
+        limits: Limits,
+        clock: Clock,
+    ) -> None:
+        if durability not in ("archive", "write_through"):
+            raise InvalidInput(
+                f"durability must be 'archive' or 'write_through', got {durability!r}"
+            )
+        self.memory = memory
+        self.has_redis = has_redis
+        self.has_archive = has_archive
+        self.durability: Durability = durability
+        self.stale_after = stale_after
+        self.max_messages = max_messages
+        self.sliding_ttl = sliding_ttl
+        self.default_ttl_ms = default_ttl_ms
+        self.limits = limits
+        self.clock = clock
+        self.stats = {"memory": TierStats(), "redis": TierStats(), "archive": TierStats()}
+        self.seen = SeenGenerations()
+        self._dirty: set[str] = set()
+        self._dirty_lock = threading.Lock()
+        self.invalidations_sent = 0
+        self.listener: ListenerStatus | None = None
+
+    @property
+    def write_through(self) -> bool:
+        return self.durability == "write_through" and self.has_archive
+
+    # -- memory tier (no I/O) -----------------------------------------------------
+
+    def on_invalidate(self, sid: str, generation: Generation) -> None:
+        self.seen.note(sid, generation)
+        if self.memory is not None:
+            self.memory.invalidate(sid, older_than=generation)
+
+    def on_resubscribe(self) -> None:
+        if self.memory is not None:
+            self.memory.clear()
+
+    def _memory_get(self, sid: str) -> SessionEntry | None:
+        if self.memory is None:
+            return None
+        entry = self.memory.peek(sid)
+        if entry is None:
+            return None
+        if (
+            self.listener is not None
+            and not self.listener.healthy
+            and (time.monotonic() - entry.cached_at > self.stale_after)
+        ):
+            self.memory.invalidate(sid)
+            return None
+        return entry
+
+    def _memory_fill(self, snapshot: Snapshot) -> None:
+        if self.memory is None or not snapshot.complete:
+            return
+        if self.seen.superseded(snapshot.sid, (snapshot.created_ms, snapshot.version)):
+            return
+        self.memory.put_entry(
+            snapshot.sid,
+            SessionEntry(
+                messages=snapshot.messages,
+                kinds=snapshot.kinds,
+                metadata=snapshot.metadata,
+                user_id=snapshot.user_id,
+                created_ms=snapshot.created_ms,
+                updated_ms=snapshot.updated_ms,
+                version=snapshot.version,
+                expires_ms=snapshot.expires_ms,
+                ttl_ms=snapshot.ttl_ms,
+                nbytes=entry_size(snapshot.nbytes, len(snapshot.messages)),
+                cached_at=time.monotonic(),
+                next_seq=snapshot.next_seq,
+            ),
+        )
+
+    def _memory_after_append(
+        self, sid: str, batch: Batch, receipt: WriteReceipt, entry: SessionEntry | None
+    ) -> None:
+        """Apply our own append locally when we held the state it was made on.
+
+        ``entry`` is what memory held before the write: our own invalidation
+        may already have dropped it by the time Redis replies.
+        """
+        if self.memory is None or entry is None:
+            return
+        if (entry.created_ms, entry.version) != (receipt.created_ms, receipt.version - 1):
+            self.memory.invalidate(sid)
+            return
+        messages = entry.messages + batch.messages
+        kinds = entry.kinds + batch.kinds
+        lead, drop = plan_trim(kinds, self.max_messages)
+        if drop:
+            messages = messages[:lead] + messages[lead + drop :]
+            kinds = kinds[:lead] + kinds[lead + drop :]
+        updated = SessionEntry(
+            messages=messages,
+            kinds=kinds,
+            metadata=entry.metadata,
+            user_id=entry.user_id,
+            created_ms=entry.created_ms,
+            updated_ms=receipt.updated_ms,
+            version=receipt.version,
+            expires_ms=receipt.expires_ms,
+            ttl_ms=receipt.ttl_ms,
+            nbytes=entry.nbytes + batch.nbytes + 96 * len(batch),
+            cached_at=entry.cached_at,
+            next_seq=receipt.next_seq,
+        )
+        generation = (receipt.created_ms, receipt.version)
+        if self.seen.superseded(sid, generation):
+            return
+        if not self.memory.replace_if(sid, entry, updated) and self.memory.peek(sid) is None:
+            self.memory.put_entry(sid, updated)
+        if self.seen.superseded(sid, generation):
+            self.memory.invalidate(sid)
+
+    def _memory_forget(self, sid: str) -> None:
+        if self.memory is not None:
+            self.memory.invalidate(sid)
+
+    def _slide(self, sid: str, entry: SessionEntry) -> Plan[SessionEntry]:
+        """Extend the primary's expiry on a memory hit, at most every half TTL."""
+        assert entry.ttl_ms is not None and entry.expires_ms is not None
+        refreshed_ms = entry.expires_ms - entry.ttl_ms
+        if to_ms(self.clock()) - refreshed_ms < entry.ttl_ms // 2:
+            return entry
+        primary = "redis" if self.has_redis else "archive"
+        snap = yield Op(primary, "snapshot", (sid, 0), {"refresh": True})
+        if snap is None or self.memory is None:
+            return entry
+        slid = dataclasses.replace(entry, expires_ms=snap.expires_ms)
+        self.memory.replace_if(sid, entry, slid)
+        return slid
+
+    # -- Redis calls ------------------------------------------------------------------
+
+    def _redis_call(self, name: str, *args: Any, **kwargs: Any) -> Plan[Any]:
+        """Call Redis; on success after an outage, first purge sessions written meanwhile."""
+        result = yield _redis(name, *args, **kwargs)
+        if self._dirty:
+            yield from self._purge_dirty()
+        return result
+
+    def _mark_dirty(self, sid: str) -> None:
+        with self._dirty_lock:
+            self._dirty.add(sid)
+
+    def _purge_dirty(self) -> Plan[None]:
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+        for sid in dirty:
+            try:
+                yield _redis("_delete", sid)
+            except BackendUnavailable:
+                self._mark_dirty(sid)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _read(self, sid: str, last: int | None) -> Plan[tuple[Snapshot | SessionEntry, str]]:
+        entry = self._memory_get(sid)
+        if entry is not None:
+            self.stats["memory"].hits += 1
+            if self.sliding_ttl and entry.ttl_ms is not None:
+                entry = yield from self._slide(sid, entry)
+            return entry, "memory"
+        if self.memory is not None:
+            self.stats["memory"].misses += 1
+        redis_down: BackendUnavailable | None = None
+        if self.has_redis:
+            fetch_last = None if self.memory is not None else last
+            try:
+                snap = yield _redis("snapshot", sid, fetch_last, refresh=self.sliding_ttl)
+            except BackendUnavailable as exc:
+                self.stats["redis"].errors += 1
+                redis_down = exc
+                snap = None
+            if snap is not None:
+                self.stats["redis"].hits += 1
+                self._memory_fill(snap)
+                return snap, "redis"
+            if redis_down is None:
+                self.stats["redis"].misses += 1
+        if self.has_archive:
+            try:
+                snap = yield from self._archive_snapshot(sid, last)
+            except BackendUnavailable:
+                self.stats["archive"].errors += 1
+                raise
+            if snap is not None:
+                self.stats["archive"].hits += 1
+                if self.has_redis and redis_down is None:
+                    yield from self._promote(snap)
+                self._memory_fill(snap)
+                return snap, "archive"
+            self.stats["archive"].misses += 1
+        if redis_down is not None:
+            raise redis_down
+        raise SessionNotFound(sid)
+
+    def _archive_snapshot(self, sid: str, last: int | None) -> Plan[Snapshot | None]:
+        """Read from the archive: all of it when it is the primary, else the hot window."""
+        if not self.has_redis:
+            fetch_last = None if self.memory is not None else last
+            snap: Snapshot | None = yield _archive(
+                "snapshot", sid, fetch_last, refresh=self.sliding_ttl
+            )
+            return snap
+        return (yield from self._archive_window(sid))
+
+    def _archive_window(self, sid: str) -> Plan[Snapshot | None]:
+        """The newest window of an archived history by the trim policy (system prompt kept)."""
+        window = self.max_messages
+        tail: Snapshot | None = yield _archive("snapshot", sid, window)
+        if tail is None or window is None or tail.complete:
+            return tail
+        head = (yield _archive("history_page", sid, tail.base_seq + window, window)) or []
+        by_seq = {seq: message for seq, message in head}
+        by_seq.update(zip(tail.seqs, tail.messages, strict=True))
+        seqs = sorted(by_seq)
+        kinds = "".join(message_kind(by_seq[seq]) for seq in seqs)
+        lead, drop = plan_trim(kinds, window)
+        keep = seqs[:lead] + seqs[lead + drop :]
+        messages = tuple(by_seq[seq] for seq in keep)
+        return dataclasses.replace(
+            tail,
+            messages=messages,
+            seqs=tuple(keep),
+            kinds="".join(message_kind(m) for m in messages),
+            message_count=len(messages),
+            nbytes=sum(len(encode_json(m)) for m in messages),
+        )
+
+    def _promote(self, snap: Snapshot) -> Plan[None]:
+        try:
+            if (yield _redis("restore", snap)):
+                self.stats["archive"].promotions += 1
+        except BackendUnavailable:
+            self.stats["redis"].errors += 1
+
+    def get(self, sid: str, last: int | None) -> Plan[Session]:
+        found, tier = yield from self._read(sid, last)
+        if isinstance(found, SessionEntry):
+            return found.session(sid, last, tier)
+        return found.session(tier, last)  # type: ignore[arg-type]
+
+    def load(self, sid: str, last: int | None, full: bool = False) -> Plan[list[Message]]:
+        """The hot window (or its newest ``last``); ``full``: the whole history."""
+        if full:
+            history = yield from self.history_all(sid)
+            return history[-last:] if last else ([] if last == 0 else history)
+        found, _ = yield from self._read(sid, last)
+        messages = found.messages
+        if last is None:
+            return list(messages)
+        return list(messages[-last:]) if last else []
+
+    def count(self, sid: str) -> Plan[int]:
+        found, _ = yield from self._read(sid, 0)
+        return found.message_count if isinstance(found, Snapshot) else len(found.messages)
+
+    def exists(self, sid: str) -> Plan[bool]:
+        try:
+            yield from self._read(sid, 0)
+        except SessionNotFound:
+            return False
+        return True
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _ensure_hot(self, sid: str) -> Plan[None]:
+        """Copy a session that only the archive holds back into Redis before writing."""
+        if not self.has_archive:
+            return
+        snap = yield from self._archive_window(sid)
+        if snap is not None:
+            yield from self._promote(snap)
+
+    def _write_redis(self, name: str, sid: str, **kwargs: Any) -> Plan[Any]:
+        """Run a Redis write that must not silently shadow an archived session."""
+        result = yield from self._redis_call(name, sid, create=not self.has_archive, **kwargs)
+        if result is None:
+            yield from self._ensure_hot(sid)
+            result = yield from self._redis_call(name, sid, create=True, **kwargs)
+        self.invalidations_sent += 1
+        return result
+
+    def save(
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        metadata: FrozenDict | None,
+        user_id: str | None,
+        expected_version: int | None,
+    ) -> Plan[int]:
+        archive_save = _archive(
+            "write_save",
+            sid,
+            batch,
+            ttl_ms=ttl_ms,
+            metadata=metadata,
+            user_id=user_id,
+            expected_version=expected_version,
+        )
+        if not self.has_redis:
+            receipt = yield archive_save
+            self._memory_forget(sid)
+            return int(receipt.version)
+        try:
+            receipt = yield from self._write_redis(
+                "write_save",
+                sid,
+                batch=batch,
+                ttl_ms=ttl_ms,
+                metadata=metadata,
+                user_id=user_id,
+                expected_version=expected_version,
+            )
+        except BackendUnavailable:
+            if not self.write_through:
+                raise
+            receipt = yield archive_save
+            self._mark_dirty(sid)
+            self._memory_forget(sid)
+            return int(receipt.version)
+        self._memory_forget(sid)
+        if self.write_through:
+            applied = yield _archive(
+                "mirror", sid, batch, receipt, replace=True, metadata=metadata, user_id=user_id
+            )
+            yield from self._settle_mirror(sid, applied)
+        return int(receipt.version)
+
+    def append(
+        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
+    ) -> Plan[int]:
+        archive_append = _archive(
+            "write_append", sid, batch, ttl_ms=ttl_ms, expected_version=expected_version
+        )
+        if not self.has_redis:
+            receipt = yield archive_append
+            self._memory_forget(sid)
+            return int(receipt.version)
+        before = self.memory.peek(sid) if self.memory is not None else None
+        try:
+            receipt = yield from self._write_redis(
+                "write_append", sid, batch=batch, ttl_ms=ttl_ms, expected_version=expected_version
+            )
+        except BackendUnavailable:
+            if not self.write_through:
+                raise
+            receipt = yield archive_append
+            self._mark_dirty(sid)
+            self._memory_forget(sid)
+            return int(receipt.version)
+        self._memory_after_append(sid, batch, receipt, before)
+        if self.write_through:
+            applied = yield _archive(
+                "mirror", sid, batch, receipt, replace=False, metadata=None, user_id=None
+            )
+            yield from self._settle_mirror(sid, applied)
+        return int(receipt.version)
+
+    def merge_metadata(self, sid: str, updates: FrozenDict) -> Plan[FrozenDict]:
+        if not self.has_redis:
+            merged = yield _archive("_merge_metadata", sid, updates)
+            self._memory_forget(sid)
+            return merged  # type: ignore[no-any-return]
+        if not (yield from self._redis_call("_exists", sid)):
+            yield from self._ensure_hot(sid)
+        merged, receipt = yield from self._redis_call("write_merge_metadata", sid, updates)
+        self.invalidations_sent += 1
+        self._memory_forget(sid)
+        if self.write_through:
+            applied = yield _archive("mirror_metadata", sid, merged, receipt)
+            yield from self._settle_mirror(sid, applied)
+        return merged  # type: ignore[no-any-return]
+
+    def _settle_mirror(self, sid: str, applied: bool) -> Plan[None]:
+        """Settle a write-through mirror the archive could not apply on its own.
+
+        Concurrent writers' mirrors may reach the archive out of order; one
+        that finds no session yet (or a newer version) is settled by copying
+        the session's current Redis state, which includes the write.
+        """
+        if applied:
+            return
+        snap = yield _redis("snapshot", sid, None)
+        if snap is not None:
+            yield _archive("restore", snap)
+
+    def delete(self, sid: str) -> Plan[bool]:
+        existed = False
+        if self.has_redis:
+            existed = bool((yield from self._redis_call("_delete", sid))) or existed
+            self.invalidations_sent += 1
+        if self.has_archive:
+            existed = bool((yield _archive("_delete", sid))) or existed
+        self._memory_forget(sid)
+        return existed
+
+    def fork(self, src: str, dst: str, *, ttl_ms: int | None) -> Plan[int]:
+        session = yield from self.get(src, None)
+        history = (yield from self.history_all(src)) if self.has_archive else session.messages
+        ttl = ttl_ms or self.default_ttl_ms
+        if ttl is None and session.expires_at is not None:
+            ttl = max(int((session.expires_at.timestamp() - time.time()) * 1000), 1)
+        try:
+            return (
+                yield from self.save(
+                    dst,
+                    prepare_batch(history, self.limits),
+                    ttl_ms=ttl,
+                    metadata=session.metadata,
+                    user_id=session.user_id,
+                    expected_version=0,
+                )
+            )
+        except VersionConflict:
+            raise SessionExists(dst) from None
+
+    # -- listing ------------------------------------------------------------------------
+
+    def list(self, user_id: str | None, limit: int, cursor: str | None, order: Order) -> Plan[Page]:
+        if self.has_redis and self.has_archive:
+            return (yield from self._merged_list(user_id, limit, cursor, order))
+        page: Page = yield Op(
+            "redis" if self.has_redis else "archive", "_list", (user_id, limit, cursor, order)
+        )
+        return page
+
+    def _merged_list(
+        self, user_id: str | None, limit: int, cursor: str | None, order: Order
+    ) -> Plan[Page]:
+        """Merge the hot and archive indexes; a session in both counts where Redis has it."""
+        position = decode_cursor(cursor) if cursor is not None else None
+        hot: builtins.list[tuple[int, str]] = yield _redis(
+            "list_keys", user_id, limit, position, order
+        )
+        cold: builtins.list[tuple[int, str]] = []
+        cold_position = position
+        while True:
+            batch = yield _archive("list_keys", user_id, limit, cold_position, order)
+            if not batch:
+                break
+            hot_flags = yield _redis("exists_many", [sid for _, sid in batch])
+            cold.extend(key for key, is_hot in zip(batch, hot_flags, strict=True) if not is_hot)
+            if len(cold) >= limit or len(batch) < limit:
+                break
+            cold_position = batch[-1]
+        merged = sorted(set(hot) | set(cold), reverse=order == "desc")
+        page = merged[:limit]
+        more = len(merged) > limit or len(hot) == limit or len(cold) >= limit
+        next_cursor = encode_cursor(*page[-1]) if page and more else None
+        return Page([sid for _, sid in page], next_cursor)
+
+    # -- full history -------------------------------------------------------------------
+
+    def history(self, sid: str, before: int | None, limit: int) -> Plan[HistoryPage]:
+        """A page of the whole history (archive included), oldest first."""
+        check_limit(limit, maximum=100_000)
+        pairs: dict[int, Message] = {}
+        found = False
+        for tier, present in (("redis", self.has_redis), ("archive", self.has_archive)):
+            if not present:
+                continue
+            try:
+                part = yield Op(tier, "history_page", (sid, before, limit))
+            except BackendUnavailable:
+                continue
+            if part is not None:
+                found = True
+                for seq, message in part:
+                    pairs.setdefault(seq, message)
+        if not found:
+            raise SessionNotFound(sid)
+        seqs = sorted(pairs)[-limit:]
+        next_before = seqs[0] if seqs and (len(pairs) >= limit) else None
+        return HistoryPage([pairs[s] for s in seqs], seqs, next_before)
+
+    def history_all(self, sid: str) -> Plan[builtins.list[Message]]:
+        """Every message of the session, archive included, oldest first."""
+        pages: builtins.list[builtins.list[Message]] = []
+        before: int | None = None
+        while True:
+            page = yield from self.history(sid, before, 1000)
+            pages.append(page.messages)
+            if page.next_before is None:
+                break
+            before = page.next_before
+        return [message for page in reversed(pages) for message in page]
+
+    # -- statistics ---------------------------------------------------------------------
+
+    def snapshot_stats(self, tiers: Mapping[str, bool]) -> dict[str, Any]:
+        out: dict[str, Any] = {name: tier.as_dict() for name, tier in self.stats.items()}
+        if self.memory is not None:
+            out["memory"].update(self.memory.stats())
+        out["invalidations_sent"] = self.invalidations_sent
+        listener = self.listener
+        out["invalidations_received"] = listener.received if listener else 0
+        out["invalidation_channel_healthy"] = listener.healthy if listener else None
+        out["invalidation_disconnects"] = listener.disconnects if listener else 0
+        out["durability"] = self.durability
+        out["tiers"] = [name for name, present in tiers.items() if present]
+        return out
+
+
+class TieredShell(StoreCore):
+    """What ``TieredStore`` and ``AsyncTieredStore`` share besides the plans."""
+
+    tier = "tiered"
+    memory: MemoryStore | None
+    durability: Durability
+    stale_after: float
+    _core: TieredCore
+    _redis_class: ClassVar[str] = "RedisStore"
+    _archive_class: ClassVar[str] = "ArchiveStore"
+
+    # -- construction (one copy for the sync and the async store) --------------
+
+    @classmethod
+    def _tier_classes(cls) -> tuple[Any, Any]:
+        from tieredstore.tiers import archive, redis
+
+        return getattr(redis, cls._redis_class), getattr(archive, cls._archive_class)
+
+    @classmethod
+    def from_url(
+        cls,
+        *,
+        redis_url: str | None = None,
+        database_url: str | None = None,
+        namespace: str = "default",
+        prefix: str = "ts",
+        memory_max_bytes: int | None = 64 * 2**20,
+        default_ttl: TTLLike | None = None,
+        max_messages: int | None = None,
+        durability: Durability = "archive",
+        migrate: bool = False,
+        **options: Any,
+    ) -> Self:
+        """Build the tiers from URLs; a ``None`` URL leaves that tier out.
+
+        ``memory_max_bytes=None`` disables the memory tier. ``migrate=True``
+        upgrades the archive schema first, blocking (the embedded SQLite
+        default always does). The async store accepts sync or async driver URLs.
+        """
+        redis_cls, archive_cls = cls._tier_classes()
+        redis_options, archive_options = tier_options(
+            namespace=namespace,
+            prefix=prefix,
+            durability=durability,
+            max_messages=max_messages,
+            has_redis=bool(redis_url),
+            has_archive=bool(database_url),
+        )
+        redis_store = archive_store = None
+        if redis_url:
+            redis_store = redis_cls.from_url(redis_url, default_ttl=default_ttl, **redis_options)
+        if database_url:
+            if migrate:
+                from tieredstore.migration import migrate as run_migrations
+
+                run_migrations(database_url)
+            archive_store = archive_cls.from_url(
+                database_url, default_ttl=default_ttl, **archive_options
+            )
+        build: Any = cls
+        return build(  # type: ignore[no-any-return]
+            memory=MemoryStore(max_bytes=memory_max_bytes) if memory_max_bytes else None,
+            redis=redis_store,
+            archive=archive_store,
+            durability=durability,
+            default_ttl=default_ttl,
+            max_messages=max_messages,
+            **options,
+        )
+
+    @classmethod
+    def from_clients(
+        cls,
+        *,
+        redis: Any | None = None,
+        engine: Any | None = None,
+        namespace: str = "default",
+        prefix: str = "ts",
+        memory_max_bytes: int | None = 64 * 2**20,
+        durability: Durability = "archive",
+        max_messages: int | None = None,
+        clock: Any | None = None,
+        **options: Any,
+    ) -> Self:
+        """Build the tiers over a Redis client and a SQLAlchemy engine you already have.
+
+        Sync store: ``redis.Redis`` and ``Engine``; async store:
+        ``redis.asyncio.Redis`` and ``AsyncEngine``. The caller keeps ownership
+        of both. ``clock`` drives the memory and archive tiers; Redis keeps its
+        own time.
+        """
+        redis_cls, archive_cls = cls._tier_classes()
+        redis_options, archive_options = tier_options(
+            namespace=namespace,
+            prefix=prefix,
+            durability=durability,
+            max_messages=max_messages,
+            has_redis=redis is not None,
+            has_archive=engine is not None,
+        )
+        redis_store = redis_cls(redis, **redis_options) if redis is not None else None
+        archive_store = (
+            archive_cls(engine, clock=clock, **archive_options) if engine is not None else None
+        )
+        build: Any = cls
+        return build(  # type: ignore[no-any-return]
+            memory=MemoryStore(max_bytes=memory_max_bytes, clock=clock)
+            if memory_max_bytes
+            else None,
+            redis=redis_store,
+            archive=archive_store,
+            durability=durability,
+            max_messages=max_messages,
+            clock=clock,
+            **options,
+        )
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Self:
+        """Build from ``TIEREDSTORE_*`` environment variables (see the README table).
+
+        With neither ``TIEREDSTORE_REDIS_URL`` nor ``TIEREDSTORE_DATABASE_URL``
+        set, this is the embedded default: memory + SQLite in the data dir.
+        """
+        return cls.from_url(**settings_from_env(overrides))
+
+    def _init_core(
+        self,
+        memory: MemoryStore | None,
+        redis: Any,
+        archive: Any,
+        durability: Durability,
+        stale_after: float,
+    ) -> None:
+        self._core = TieredCore(
+            memory=memory,
+            has_redis=redis is not None,
+            has_archive=archive is not None,
+            durability=durability,
+            stale_after=stale_after,
+            max_messages=self.max_messages,
+            sliding_ttl=self.sliding_ttl,
+            default_ttl_ms=self.default_ttl_ms,
+            limits=self.limits,
+            clock=self.clock,
+        )
+        self.memory = memory
+        self.durability = durability
+        self.stale_after = stale_after
+        self._targets = {"redis": redis, "archive": archive}
+
+    @property
+    def _seen(self) -> SeenGenerations:
+        return self._core.seen
+
+    @property
+    def invalidations_sent(self) -> int:
+        return self._core.invalidations_sent
+
+    def stats(self) -> dict[str, Any]:
+        """Per-tier hits, misses, promotions and errors, and coherence counters."""
+        return self._core.snapshot_stats(
+            {
+                "memory": self.memory is not None,
+                "redis": self._core.has_redis,
+                "archive": self._core.has_archive,
+            }
+        )
+
+    def _lock_backend(self) -> Any:
+        redis = self._targets["redis"]
+        return redis if redis is not None else LocalLocks.scope(self._lock_scope())
+
+    def _lock_scope(self) -> str:
+        archive = self._targets["archive"]
+        return archive._lock_scope() if archive is not None else super()._lock_scope()
