@@ -371,3 +371,49 @@ def test_export_100k_messages_keeps_memory_flat(pg_database: Callable[[], str],
     finally:
         query.delete_user("heavy")
         query.close()
+
+
+@pytest.mark.parametrize("backend", ["pg", "sqlite"])
+def test_async_queries_match_the_sync_ones(backend: str, request: pytest.FixtureRequest) -> None:
+    """AsyncArchiveQuery runs the same queries on the async engine, with the same answers."""
+    import asyncio
+
+    from tieredstore.query import AsyncArchiveQuery
+    from tieredstore.tiers.archive import create_async_engine
+
+    url = request.getfixturevalue("pg_url" if backend == "pg" else "sqlite_url")
+    namespace = f"aq-{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(url)
+    store = ArchiveStore(engine, namespace=namespace)
+    for i in range(6):
+        store.save(f"s{i}", [{"role": "user", "content": f"invoice number {i} please"},
+                             {"role": "assistant", "content": "refund approved"}],
+                   user_id=f"u{i % 2}", metadata={"plan": "pro" if i % 3 else "free"})
+    sync = ArchiveQuery(store)
+
+    async def run() -> tuple[Any, ...]:
+        async_engine = create_async_engine(url)
+        query = AsyncArchiveQuery(async_engine, namespace=namespace)
+        try:
+            hits = await query.search("invoice", user_id="u1", limit=2)
+            rest = await query.search("invoice", user_id="u1", limit=2, cursor=hits.next_cursor)
+            summaries = await query.sessions(metadata={"plan": "pro"})
+            lines = [line async for line in query.export(user_id="u0")]
+            return hits, rest, summaries, lines, await query.stats()
+        finally:
+            await async_engine.dispose()
+
+    try:
+        hits, rest, summaries, lines, stats = asyncio.run(run())
+        assert hits == sync.search("invoice", user_id="u1", limit=2)
+        assert len(hits.hits) == 2
+        assert rest == sync.search("invoice", user_id="u1", limit=2, cursor=hits.next_cursor)
+        assert summaries == sync.sessions(metadata={"plan": "pro"})
+        assert {s.session_id for s in summaries.sessions} == {"s1", "s2", "s4", "s5"}
+        assert lines == list(sync.export(user_id="u0"))
+        assert len(lines) == 3 * 3
+        assert stats == sync.stats()
+    finally:
+        for i in range(6):
+            store.delete(f"s{i}")
+        engine.dispose()

@@ -45,7 +45,7 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ArchiveQuery",
+    "AsyncArchiveQuery",
     "EraseReport",
     "ImportReport",
     "SearchHit",
@@ -477,6 +478,27 @@ class ArchiveQuery:
         the stored bytes verbatim. Rows come through a server-side cursor
         ``batch_size`` at a time, so memory stays flat however much is exported.
         """
+        stmt = self._export_statement(user_id, session_ids, format, include_expired)
+        engine = self.engine
+        if self._pg:
+            engine = engine.execution_options(isolation_level="REPEATABLE READ")
+        lines = ExportLines()
+        try:
+            with engine.connect() as conn:
+                result = conn.execution_options(stream_results=True,
+                                                yield_per=batch_size).execute(stmt)
+                for row in result:
+                    yield from lines.feed(row)
+        except sa.exc.SQLAlchemyError as exc:
+            raise _translate(self.engine, exc) from exc
+
+    def _export_statement(
+        self,
+        user_id: str | None,
+        session_ids: Sequence[str] | None,
+        format: str,
+        include_expired: bool,
+    ) -> sa.Select[Any]:
         if format != "jsonl":
             raise InvalidInput(f"unknown export format {format!r} (only 'jsonl')")
         if (user_id is None) == (session_ids is None):
@@ -488,7 +510,7 @@ class ArchiveQuery:
         else:
             assert session_ids is not None
             conds.append(_S.session_id.in_(sorted(set(session_ids))))
-        stmt = (
+        return (
             sa.select(_S.session_id, _S.user_id, _S["metadata"], _S.created_ms, _S.updated_ms,
                       _S.expires_ms, _S.ttl_ms, _S.version, _S.message_count, _S.next_seq,
                       _S.base_seq, _S.lead, _M.seq, _M.created_ms.label("m_created_ms"),
@@ -498,34 +520,6 @@ class ArchiveQuery:
             .where(*conds)
             .order_by(_S.session_id, _M.seq)
         )
-        engine = self.engine
-        if self._pg:
-            engine = engine.execution_options(isolation_level="REPEATABLE READ")
-        try:
-            with engine.connect() as conn:
-                result = conn.execution_options(stream_results=True,
-                                                yield_per=batch_size).execute(stmt)
-                current: str | None = None
-                dumps = orjson.dumps
-                for row in result:
-                    if row.session_id != current:
-                        current = row.session_id
-                        yield dumps({
-                            "type": "session", "session_id": row.session_id,
-                            "user_id": row.user_id, "metadata": _json_dict(row.metadata),
-                            "created_ms": row.created_ms, "updated_ms": row.updated_ms,
-                            "expires_ms": row.expires_ms, "ttl_ms": row.ttl_ms,
-                            "version": row.version, "message_count": row.message_count,
-                            "next_seq": row.next_seq, "base_seq": row.base_seq,
-                            "lead": row.lead,
-                        }) + b"\n"
-                    if row.seq is None:
-                        continue
-                    head = dumps({"type": "message", "session_id": row.session_id,
-                                  "seq": row.seq, "created_ms": row.m_created_ms})
-                    yield b"".join((head[:-1], b',"message":', bytes(row.payload), b"}\n"))
-        except sa.exc.SQLAlchemyError as exc:
-            raise _translate(self.engine, exc) from exc
 
     def export_to(self, out: IO[bytes], **options: Any) -> dict[str, int]:
         """Write :meth:`export` into a binary file; returns what it wrote, counted."""
@@ -645,6 +639,145 @@ class ArchiveQuery:
                 return work(conn)
         except sa.exc.SQLAlchemyError as exc:
             raise _translate(self.engine, exc) from exc
+
+
+
+class ExportLines:
+    """Turns the export query's rows (session, message) into JSON lines, row by row.
+
+    Shared by the sync and async exports so the format exists once.
+    """
+
+    def __init__(self) -> None:
+        self._current: str | None = None
+
+    def feed(self, row: Any) -> Iterator[bytes]:
+        dumps = orjson.dumps
+        if row.session_id != self._current:
+            self._current = row.session_id
+            yield dumps({
+                "type": "session", "session_id": row.session_id,
+                "user_id": row.user_id, "metadata": _json_dict(row.metadata),
+                "created_ms": row.created_ms, "updated_ms": row.updated_ms,
+                "expires_ms": row.expires_ms, "ttl_ms": row.ttl_ms,
+                "version": row.version, "message_count": row.message_count,
+                "next_seq": row.next_seq, "base_seq": row.base_seq,
+                "lead": row.lead,
+            }) + b"\n"
+        if row.seq is not None:
+            head = dumps({"type": "message", "session_id": row.session_id,
+                          "seq": row.seq, "created_ms": row.m_created_ms})
+            yield b"".join((head[:-1], b',"message":', bytes(row.payload), b"}\n"))
+
+
+class _BoundQuery(ArchiveQuery):
+    """An :class:`ArchiveQuery` whose work runs on one given (sync-facade) connection."""
+
+    def __init__(self, base: ArchiveQuery, conn: sa.Connection) -> None:
+        self.__dict__.update(base.__dict__)
+        self._conn = conn
+
+    def _run(self, work: Callable[[sa.Connection], T]) -> T:
+        return work(self._conn)
+
+
+class AsyncArchiveQuery:
+    """The asyncio twin of :class:`ArchiveQuery` over SQLAlchemy's async engine.
+
+    Each query runs the very same code as the sync class, on the async
+    connection's synchronous facade (``AsyncConnection.run_sync``), so the
+    event loop never blocks; ``export`` streams rows with ``AsyncConnection.stream``.
+    ``source`` is an :class:`AsyncArchiveStore`, an ``AsyncEngine`` or a URL.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        namespace: str | None = None,
+        language: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from sqlalchemy.ext.asyncio import AsyncEngine
+
+        from tieredstore.tiers.archive import create_async_engine
+
+        self._owns_engine = False
+        if isinstance(source, AsyncEngine):
+            engine = source
+        elif isinstance(source, str | sa.URL):
+            engine = create_async_engine(normalize_url(source))
+            self._owns_engine = True
+        else:
+            engine = source.engine
+            namespace = namespace or source.namespace
+        self.engine: AsyncEngine = engine
+        self.sync = ArchiveQuery(engine.sync_engine, namespace=namespace, language=language,
+                                 clock=clock)
+        self.namespace = self.sync.namespace
+
+    async def aclose(self) -> None:
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    async def __aenter__(self) -> AsyncArchiveQuery:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        def work(conn: sa.Connection) -> T:
+            return method(_BoundQuery(self.sync, conn), *args, **kwargs)
+
+        try:
+            async with self.engine.connect() as conn:
+                return await conn.run_sync(work)
+        except sa.exc.SQLAlchemyError as exc:
+            raise _translate(self.sync.engine, exc) from exc
+
+    async def search(self, text: str | None = None, **filters: Any) -> SearchPage:
+        """See :meth:`ArchiveQuery.search`."""
+        return await self._call(ArchiveQuery.search, text, **filters)
+
+    async def sessions(self, **filters: Any) -> SessionPage:
+        """See :meth:`ArchiveQuery.sessions`."""
+        return await self._call(ArchiveQuery.sessions, **filters)
+
+    async def session_ids(self, user_id: str, *, include_expired: bool = True) -> list[str]:
+        """See :meth:`ArchiveQuery.session_ids`."""
+        return await self._call(ArchiveQuery.session_ids, user_id,
+                                include_expired=include_expired)
+
+    async def stats(self) -> dict[str, int]:
+        """See :meth:`ArchiveQuery.stats`."""
+        return await self._call(ArchiveQuery.stats)
+
+    async def explain(self, text: str, **filters: Any) -> str:
+        """See :meth:`ArchiveQuery.explain`."""
+        return await self._call(ArchiveQuery.explain, text, **filters)
+
+    async def export(
+        self,
+        *,
+        user_id: str | None = None,
+        session_ids: Sequence[str] | None = None,
+        format: str = "jsonl",
+        include_expired: bool = False,
+    ) -> AsyncIterator[bytes]:
+        """See :meth:`ArchiveQuery.export`: the same lines, streamed."""
+        stmt = self.sync._export_statement(user_id, session_ids, format, include_expired)
+        lines = ExportLines()
+        try:
+            async with self.engine.connect() as conn:
+                if self.sync._pg:
+                    await conn.execution_options(isolation_level="REPEATABLE READ")
+                result = await conn.stream(stmt)
+                async for row in result:
+                    for line in lines.feed(row):
+                        yield line
+        except sa.exc.SQLAlchemyError as exc:
+            raise _translate(self.sync.engine, exc) from exc
 
 
 def erase(store: TieredStore, user_id: str, *, batch_size: int = 1000) -> EraseReport:
