@@ -41,7 +41,6 @@ from tieredstore.tiering import (
     Durability,
     HistoryPage,
     TieredShell,
-    embedded_archive_url,
 )
 from tieredstore.tiers.memory import MemoryStore
 
@@ -329,6 +328,9 @@ class AsyncTieredStore(TieredShell, AsyncBaseStore):
 
     _redis_class = "AsyncRedisStore"
     _archive_class = "AsyncArchiveStore"
+    redis: AsyncRedisStore | None
+    archive: AsyncArchiveStore | None
+    listener: AsyncInvalidationListener | None
 
     def __init__(
         self,
@@ -342,24 +344,16 @@ class AsyncTieredStore(TieredShell, AsyncBaseStore):
         **options: Any,
     ) -> None:
         super().__init__(**options)
-        if redis is None and archive is None:
-            from tieredstore.tiers.archive import AsyncArchiveStore
-
-            archive_options = {k: v for k, v in options.items() if k != "max_messages"}
-            archive = AsyncArchiveStore.from_url(embedded_archive_url(), **archive_options)
-            memory = memory or MemoryStore()
-        self.redis = redis
-        self.archive = archive
-        self._init_core(memory, redis, archive, durability, stale_after)
-        self.listener: AsyncInvalidationListener | None = None
-        if memory is not None and redis is not None and listen:
-            self.listener = AsyncInvalidationListener(
-                redis.client,
-                redis.invalidation_channel,
-                on_invalidate=self._core.on_invalidate,
-                on_resubscribe=self._core.on_resubscribe,
-            )
-            self._core.listener = self.listener
+        self._init_core(
+            memory,
+            redis,
+            archive,
+            durability,
+            stale_after,
+            options=options,
+            listener_class=AsyncInvalidationListener,
+            listen=listen,
+        )
         self._listening = self.listener is None
 
     # -- the I/O shell ----------------------------------------------------------

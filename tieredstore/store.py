@@ -33,7 +33,6 @@ from tieredstore.tiering import (
     HistoryPage,
     TieredShell,
     default_data_dir,
-    embedded_archive_url,
 )
 from tieredstore.tiers.memory import MemoryStore
 
@@ -57,6 +56,10 @@ class TieredStore(TieredShell, BaseStore):
     ``"write_through"`` (each write is also committed to the archive).
     """
 
+    redis: RedisStore | None
+    archive: ArchiveStore | None
+    listener: InvalidationListener | None
+
     def __init__(
         self,
         *,
@@ -69,24 +72,17 @@ class TieredStore(TieredShell, BaseStore):
         **options: Any,
     ) -> None:
         super().__init__(**options)
-        if redis is None and archive is None:
-            from tieredstore.tiers.archive import ArchiveStore
-
-            archive_options = {k: v for k, v in options.items() if k != "max_messages"}
-            archive = ArchiveStore.from_url(embedded_archive_url(), **archive_options)
-            memory = memory or MemoryStore()
-        self.redis = redis
-        self.archive = archive
-        self._init_core(memory, redis, archive, durability, stale_after)
-        self.listener: InvalidationListener | None = None
-        if memory is not None and redis is not None and listen:
-            self.listener = InvalidationListener(
-                redis.client,
-                redis.invalidation_channel,
-                on_invalidate=self._core.on_invalidate,
-                on_resubscribe=self._core.on_resubscribe,
-            )
-            self._core.listener = self.listener
+        self._init_core(
+            memory,
+            redis,
+            archive,
+            durability,
+            stale_after,
+            options=options,
+            listener_class=InvalidationListener,
+            listen=listen,
+        )
+        if self.listener is not None:
             self.listener.start()
 
     # -- the I/O shell ----------------------------------------------------------

@@ -716,6 +716,9 @@ class TieredShell(StoreCore):
 
     tier = "tiered"
     memory: MemoryStore | None
+    redis: Any
+    archive: Any
+    listener: Any
     durability: Durability
     stale_after: float
     _core: TieredCore
@@ -845,7 +848,20 @@ class TieredShell(StoreCore):
         archive: Any,
         durability: Durability,
         stale_after: float,
+        *,
+        options: Mapping[str, Any],
+        listener_class: Any,
+        listen: bool,
     ) -> None:
+        """Set up the tiers (the embedded default when neither Redis nor an
+        archive is given), the tiered core and, with memory and Redis, the
+        invalidation listener (``listener_class``: thread or asyncio task)."""
+        if redis is None and archive is None:
+            archive_options = {k: v for k, v in options.items() if k != "max_messages"}
+            archive = self._tier_classes()[1].from_url(embedded_archive_url(), **archive_options)
+            memory = memory or MemoryStore()
+        self.redis = redis
+        self.archive = archive
         self._core = TieredCore(
             memory=memory,
             has_redis=redis is not None,
@@ -862,6 +878,15 @@ class TieredShell(StoreCore):
         self.durability = durability
         self.stale_after = stale_after
         self._targets = {"redis": redis, "archive": archive}
+        self.listener = None
+        if memory is not None and redis is not None and listen:
+            self.listener = listener_class(
+                redis.client,
+                redis.invalidation_channel,
+                on_invalidate=self._core.on_invalidate,
+                on_resubscribe=self._core.on_resubscribe,
+            )
+            self._core.listener = self.listener
 
     @property
     def _seen(self) -> SeenGenerations:
