@@ -31,6 +31,11 @@ USER = {"role": "user", "content": "Hello"}
 ASSISTANT = {"role": "assistant", "content": "Hi there!"}
 
 
+def pairs(part: Any) -> Any:
+    """The ``(seq, message)`` pairs of a history part (``None`` stays ``None``)."""
+    return None if part is None else part.pairs
+
+
 def msg(i: int, role: str = "user") -> dict[str, Any]:
     return {"role": role, "content": f"message {i}"}
 
@@ -297,8 +302,8 @@ def test_namespaces_are_isolated(make: Callable[..., ArchiveStore]) -> None:
     assert b.load("same") == [ASSISTANT, msg(1)]
     assert b.fork("same", "copy") == 1
     assert not a.exists("copy")
-    assert b.stats() == {"sessions": 2, "expired_sessions": 0, "messages": 4}
-    assert a.stats() == {"sessions": 0, "expired_sessions": 0, "messages": 0}
+    assert b.stats() == {"sessions": 2, "expired_sessions": 0, "tombstones": 0, "messages": 4}
+    assert a.stats() == {"sessions": 0, "expired_sessions": 0, "tombstones": 1, "messages": 0}
 
 
 # -- expiry and seqs ----------------------------------------------------------------
@@ -310,9 +315,9 @@ def test_purge_expired_removes_rows(make: Callable[..., ArchiveStore], clock: Fa
         store.save(f"short{i}", [USER, ASSISTANT], ttl=10)
     store.save("forever", [USER])
     clock.advance(11)
-    assert store.stats() == {"sessions": 6, "expired_sessions": 5, "messages": 11}
+    assert store.stats() == {"sessions": 6, "expired_sessions": 5, "tombstones": 0, "messages": 11}
     assert store.purge_expired(batch_size=2) == 5
-    assert store.stats() == {"sessions": 1, "expired_sessions": 0, "messages": 1}
+    assert store.stats() == {"sessions": 1, "expired_sessions": 0, "tombstones": 0, "messages": 1}
     assert store.purge_expired() == 0
 
 
@@ -429,11 +434,11 @@ def test_snapshot_and_history_pages(store: ArchiveStore) -> None:
     assert snap.metadata == {"t": 1} and snap.user_id == "u"
     assert snap.nbytes == sum(len(orjson.dumps(m)) for m in snap.messages)
     assert not snap.complete
-    page = store.history_page("s1", None, 4)
+    page = pairs(store.history_page("s1", None, 4))
     assert page == [(i, msg(i)) for i in range(6, 10)]
-    assert store.history_page("s1", 6, 4) == [(i, msg(i)) for i in range(2, 6)]
-    assert store.history_page("s1", 2, 4) == [(0, msg(0)), (1, msg(1))]
-    assert store.history_page("s1", 0, 4) == []
+    assert pairs(store.history_page("s1", 6, 4)) == [(i, msg(i)) for i in range(2, 6)]
+    assert pairs(store.history_page("s1", 2, 4)) == [(0, msg(0)), (1, msg(1))]
+    assert pairs(store.history_page("s1", 0, 4)) == []
     assert store.history_page("missing", None, 4) is None
 
 

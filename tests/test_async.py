@@ -247,7 +247,7 @@ def test_async_tiered_store_reports_a_dead_redis() -> None:
                 await store.load("s")
             with pytest.raises(BackendUnavailable):
                 await store.append("s", {"role": "user", "content": "lost"})
-            assert store.stats()["redis"]["errors"] == 1
+            assert store.stats()["redis"]["errors"] == 2  # the read and the write
         await client.aclose()
 
     asyncio.run(main())

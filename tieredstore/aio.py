@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from tieredstore.base import StoreCore
 from tieredstore.coherence import AsyncInvalidationListener
-from tieredstore.core import Batch, Order, TTLLike, check_last
+from tieredstore.core import Batch, Order, TTLLike, check_last, check_limit
 from tieredstore.locking import AsyncSessionLock
 from tieredstore.middleware import AsyncConversationBlock
 from tieredstore.model import FrozenDict, Message, MessageLike, Page, Session
@@ -445,6 +445,10 @@ class AsyncTieredStore(TieredShell, AsyncBaseStore):
     async def history_all(self, session_id: str, /) -> builtins.list[Message]:
         """See :meth:`tieredstore.TieredStore.history_all`."""
         return await self._drive(self._core.history_all(self._sid(session_id)))
+
+    async def settle(self, *, limit: int = 1000) -> tuple[int, int, bool]:
+        """See :meth:`tieredstore.TieredStore.settle`."""
+        return await self._drive(self._core.settle(check_limit(limit)))
 
     async def _aclose(self) -> None:
         if self.listener is not None:

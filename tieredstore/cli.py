@@ -217,6 +217,15 @@ def maintain_trim(as_json: bool, **kwargs: Any) -> None:
     _run_maintenance(trim, as_json, **kwargs)
 
 
+@maintain.command("reconcile")
+@_maintenance_options
+def maintain_reconcile(as_json: bool, **kwargs: Any) -> None:
+    """After an outage (write_through): reconcile detached sessions, drain outboxes."""
+    from tieredstore.maintenance import reconcile
+
+    _run_maintenance(reconcile, as_json, **kwargs)
+
+
 def _register_archive_commands() -> None:
     from tieredstore.cli_archive import register
 

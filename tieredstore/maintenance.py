@@ -17,6 +17,10 @@ The Celery tasks in ``worker/`` and ``tieredstore maintain`` call these.
   (window and spill list) into the archive, one transaction per batch, then
   evicts each from Redis only if its generation is unchanged, so a message
   appended meanwhile stays in Redis and is archived by a later run.
+* :func:`reconcile` — after an outage of either server in
+  ``write_through`` mode: reconciles sessions the archive took while Redis
+  was unreachable and copies outboxes (writes Redis kept while the archive
+  was unreachable) into the archive (:meth:`TieredStore.settle`).
 * :func:`trim` — enforces ``max_messages`` / ``max_bytes`` by
   :func:`tieredstore.policy.plan_trim_bytes` on hot sessions (copying what
   it drops into the archive first when ``keep_trimmed``) and, when trimmed
@@ -53,6 +57,7 @@ __all__ = [
     "Progress",
     "archive_idle",
     "expire",
+    "reconcile",
     "trim",
 ]
 
@@ -118,6 +123,7 @@ class MaintenanceSettings:
     time_budget: float = 60.0
     lock_ttl: float = 300.0
     max_chain: int = 100
+    reconcile_interval: float = 60.0
     trim_max_bytes: int | None = None
     trim_keep: bool | None = None
 
@@ -134,6 +140,9 @@ class MaintenanceSettings:
             expire_interval=_env_float(env, "TIEREDSTORE_EXPIRE_INTERVAL", d.expire_interval),
             archive_interval=_env_float(env, "TIEREDSTORE_ARCHIVE_INTERVAL", d.archive_interval),
             trim_interval=_env_float(env, "TIEREDSTORE_TRIM_INTERVAL", d.trim_interval),
+            reconcile_interval=_env_float(
+                env, "TIEREDSTORE_RECONCILE_INTERVAL", d.reconcile_interval
+            ),
             batch_size=_env_int(env, "TIEREDSTORE_BATCH_SIZE", d.batch_size) or d.batch_size,
             max_batches=_env_int(env, "TIEREDSTORE_MAX_BATCHES", d.max_batches) or d.max_batches,
             time_budget=_env_float(env, "TIEREDSTORE_TIME_BUDGET", d.time_budget),
@@ -303,7 +312,8 @@ return 1
 
 # KEYS idx exp own; ARGV root uprefix [sid created version]*.
 # RedisStore's `evict` for many sessions in one call: remove each session still
-# at generation (created, version). Returns 1/0 per session.
+# at generation (created, version), holding no outbox record and no fence.
+# Returns 1/0 per session.
 _EVICT_MANY = r"""
 IX.idx, IX.exp, IX.own, IX.up = KEYS[1], KEYS[2], KEYS[3], ARGV[2]
 local root = ARGV[1]
@@ -312,9 +322,9 @@ local out = {}
 for i = 3, #ARGV, 3 do
   local sid = ARGV[i]
   local t = root .. '{' .. sid .. '}:'
-  local f = redis.call('HMGET', t .. 'h', 'version', 'expires', 'created')
+  local f = redis.call('HMGET', t .. 'h', 'version', 'expires', 'created', 'f')
   if f[1] and not (f[2] and tonumber(f[2]) <= now) and f[3] == ARGV[i + 1]
-     and f[1] == ARGV[i + 2] then
+     and f[1] == ARGV[i + 2] and not f[4] and redis.call('EXISTS', t .. 'o') == 0 then
     bury(t .. 'm', t .. 'h', t .. 'x', sid)
     out[#out + 1] = 1
   else
@@ -816,3 +826,41 @@ def _trim_archive(store: TieredStore, run: _Run, max_messages: int | None,
         after = ids[-1]
     run.remaining = True
 
+
+# -- reconcile ---------------------------------------------------------------------------
+
+
+def reconcile(
+    store: TieredStore,
+    *,
+    batch_size: int = 500,
+    max_batches: int | None = 20,
+    time_budget: float | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> MaintenanceResult:
+    """Settle what an outage left behind: detached sessions and outboxes.
+
+    ``changed`` counts sessions reconciled, ``messages`` outbox records
+    copied into the archive; ``remaining`` says more is waiting. Needs both
+    a Redis tier and an archive (with either missing there is nothing to do).
+    A dry run counts up to ``batch_size`` detached sessions (``changed``) and
+    sessions with outboxes (``scanned``).
+    """
+    run = _Run("reconcile", batch_size, max_batches, time_budget, dry_run, progress)
+    if store.redis is None or store.archive is None:
+        return run.result()
+    if dry_run:
+        run.changed = len(store.archive.detached_sessions(batch_size))
+        run.batch_done(len(store.redis.outbox_sessions(batch_size)))
+        return run.result()
+    while run.more():
+        reconciled, drained, more = store.settle(limit=batch_size)
+        run.changed += reconciled
+        run.messages += drained
+        run.batch_done(reconciled + drained)
+        if not more:
+            break
+    else:
+        run.remaining = True
+    return run.result()

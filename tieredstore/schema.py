@@ -82,12 +82,25 @@ sessions = sa.Table(
     sa.Column("base_seq", sa.BigInteger(), nullable=False),
     # How many messages at the start of the history are system messages.
     sa.Column("lead", sa.Integer(), nullable=False),
+    # The session's tombstone: when its id was last deleted (migration 0003).
+    sa.Column("deleted_ms", sa.BigInteger(), nullable=True),
+    # The archive took writes while Redis was unreachable (write_through).
+    sa.Column("detached", sa.Boolean(), nullable=False, server_default=sa.false()),
+    # The version whose write last set the metadata (mirrors may arrive out of order).
+    sa.Column("meta_version", sa.BigInteger(), nullable=False, server_default="0"),
     sa.PrimaryKeyConstraint("namespace", "session_id"),
     # list(): keyset pagination by last activity, per namespace and per user.
     sa.Index("ix_tieredstore_sessions_activity", "namespace", "updated_ms", "session_id"),
     sa.Index("ix_tieredstore_sessions_user", "namespace", "user_id", "updated_ms", "session_id"),
     # expiry scans (maintenance) and idle-archival queries.
     sa.Index("ix_tieredstore_sessions_expiry", "namespace", "expires_ms"),
+    # sessions whose Redis copy must be reconciled (write_through).
+    sa.Index(
+        "ix_tieredstore_sessions_detached",
+        "namespace",
+        postgresql_where=sa.text("detached"),
+        sqlite_where=sa.text("detached"),
+    ),
     # PostgreSQL: metadata containment (``metadata @> '{...}'``) for archival queries.
     sa.Index(
         "ix_tieredstore_sessions_metadata",

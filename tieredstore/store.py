@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tieredstore.base import BaseStore
 from tieredstore.coherence import InvalidationListener
-from tieredstore.core import Batch, Order, check_last
+from tieredstore.core import Batch, Order, check_last, check_limit
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.plans import Plan, run
 from tieredstore.tiering import (
@@ -163,6 +163,17 @@ class TieredStore(TieredShell, BaseStore):
     def history_all(self, session_id: str, /) -> builtins.list[Message]:
         """Every message of the session, archive included, oldest first."""
         return self._drive(self._core.history_all(self._sid(session_id)))
+
+    def settle(self, *, limit: int = 1000) -> tuple[int, int, bool]:
+        """Bring the archive up to date with Redis after an outage of either.
+
+        Reconciles up to ``limit`` sessions the archive took while Redis was
+        unreachable and copies up to ``limit`` sessions' outboxes (writes kept
+        in Redis while the archive was unreachable) into the archive. Returns
+        ``(sessions reconciled, records drained, more left)``. The worker's
+        ``reconcile`` task calls this; it is idempotent.
+        """
+        return self._drive(self._core.settle(check_limit(limit)))
 
     def _close(self) -> None:
         if self.listener is not None:

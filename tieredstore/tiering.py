@@ -18,7 +18,6 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import os
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,8 +41,9 @@ from tieredstore.locking import LocalLocks
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.plans import Op, Plan
 from tieredstore.policy import message_kind, plan_trim
+from tieredstore.reconciling import Reconciler
 from tieredstore.tiers.memory import MemoryStore, SessionEntry, entry_size
-from tieredstore.tiers.transfer import Snapshot, WriteReceipt
+from tieredstore.tiers.transfer import HistoryPart, SessionFenced, Snapshot, WriteReceipt
 
 __all__ = [
     "Durability",
@@ -55,6 +55,10 @@ __all__ = [
 ]
 
 Durability = Literal["archive", "write_through"]
+
+_ATTEMPTS = 8
+"""How often a call retries a session that moves between tiers under it
+(archived and evicted by the worker, fenced for reconciliation)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +185,7 @@ def _archive(name: str, *args: Any, **kwargs: Any) -> Op:
     return Op("archive", name, args, kwargs)
 
 
-class TieredCore:
+class TieredCore(Reconciler):
     """Every decision of the tiered store, as plans over the Redis and archive tiers.
 
     ``memory`` is used directly; ``has_redis``/``has_archive`` say which of
@@ -219,8 +223,7 @@ class TieredCore:
         self.clock = clock
         self.stats = {"memory": TierStats(), "redis": TierStats(), "archive": TierStats()}
         self.seen = SeenGenerations()
-        self._dirty: set[str] = set()
-        self._dirty_lock = threading.Lock()
+        self._init_reconciler()
         self.invalidations_sent = 0
         self.listener: ListenerStatus | None = None
 
@@ -339,24 +342,16 @@ class TieredCore:
     # -- Redis calls ------------------------------------------------------------------
 
     def _redis_call(self, name: str, *args: Any, **kwargs: Any) -> Plan[Any]:
-        """Call Redis; on success after an outage, first purge sessions written meanwhile."""
-        result = yield _redis(name, *args, **kwargs)
-        if self._dirty:
-            yield from self._purge_dirty()
+        """Call Redis; after an outage, first reconcile what the archive took meanwhile."""
+        swept = yield from self._before_redis()
+        try:
+            result = yield _redis(name, *args, **kwargs)
+        except BackendUnavailable:
+            self.stats["redis"].errors += 1
+            self._note_redis_down()
+            raise
+        self._note_redis_up(swept)
         return result
-
-    def _mark_dirty(self, sid: str) -> None:
-        with self._dirty_lock:
-            self._dirty.add(sid)
-
-    def _purge_dirty(self) -> Plan[None]:
-        with self._dirty_lock:
-            dirty, self._dirty = self._dirty, set()
-        for sid in dirty:
-            try:
-                yield _redis("_delete", sid)
-            except BackendUnavailable:
-                self._mark_dirty(sid)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -370,14 +365,22 @@ class TieredCore:
         if self.memory is not None:
             self.stats["memory"].misses += 1
         redis_down: BackendUnavailable | None = None
+        fenced = False
         if self.has_redis:
             fetch_last = None if self.memory is not None else last
-            try:
-                snap = yield _redis("snapshot", sid, fetch_last, refresh=self.sliding_ttl)
-            except BackendUnavailable as exc:
-                self.stats["redis"].errors += 1
-                redis_down = exc
-                snap = None
+            snap = None
+            for _ in range(_ATTEMPTS):
+                try:
+                    snap = yield from self._redis_call(
+                        "snapshot", sid, fetch_last, refresh=self.sliding_ttl
+                    )
+                except BackendUnavailable as exc:
+                    redis_down = exc
+                except SessionFenced:
+                    fenced = True
+                    yield from self.reconcile(sid)
+                    continue
+                break
             if snap is not None:
                 self.stats["redis"].hits += 1
                 self._memory_fill(snap)
@@ -392,9 +395,11 @@ class TieredCore:
                 raise
             if snap is not None:
                 self.stats["archive"].hits += 1
-                if self.has_redis and redis_down is None:
-                    yield from self._promote(snap)
-                self._memory_fill(snap)
+                promoted = 1
+                if self.has_redis and redis_down is None and not fenced:
+                    promoted = yield from self._promote(snap)
+                if promoted >= 0:
+                    self._memory_fill(snap)
                 return snap, "archive"
             self.stats["archive"].misses += 1
         if redis_down is not None:
@@ -417,8 +422,8 @@ class TieredCore:
         tail: Snapshot | None = yield _archive("snapshot", sid, window)
         if tail is None or window is None or tail.complete:
             return tail
-        head = (yield _archive("history_page", sid, tail.base_seq + window, window)) or []
-        by_seq = {seq: message for seq, message in head}
+        part = yield _archive("history_page", sid, tail.base_seq + window, window)
+        by_seq = {seq: message for seq, message in (part.pairs if part is not None else ())}
         by_seq.update(zip(tail.seqs, tail.messages, strict=True))
         seqs = sorted(by_seq)
         kinds = "".join(message_kind(by_seq[seq]) for seq in seqs)
@@ -434,12 +439,17 @@ class TieredCore:
             nbytes=sum(len(encode_json(m)) for m in messages),
         )
 
-    def _promote(self, snap: Snapshot) -> Plan[None]:
+    def _promote(self, snap: Snapshot) -> Plan[int]:
+        """Copy an archived session into Redis: 1 copied, 0 already there, -1 refused
+        (a generation deleted meanwhile: its copy must not come back)."""
         try:
-            if (yield _redis("restore", snap)):
-                self.stats["archive"].promotions += 1
+            outcome = int((yield _redis("promote", snap)))
         except BackendUnavailable:
             self.stats["redis"].errors += 1
+            return 0
+        if outcome > 0:
+            self.stats["archive"].promotions += 1
+        return outcome
 
     def get(self, sid: str, last: int | None) -> Plan[Session]:
         found, tier = yield from self._read(sid, last)
@@ -471,22 +481,44 @@ class TieredCore:
 
     # -- writing ----------------------------------------------------------------------
 
-    def _ensure_hot(self, sid: str) -> Plan[None]:
-        """Copy a session that only the archive holds back into Redis before writing."""
+    def _ensure_hot(self, sid: str) -> Plan[bool]:
+        """Copy a session that only the archive holds back into Redis before writing.
+
+        ``False`` when the archive holds no live copy that may come back (none,
+        or a generation deleted meanwhile): the write then starts a new one.
+        """
         if not self.has_archive:
-            return
+            return False
         snap = yield from self._archive_window(sid)
-        if snap is not None:
-            yield from self._promote(snap)
+        if snap is None:
+            return False
+        return (yield from self._promote(snap)) >= 0
 
     def _write_redis(self, name: str, sid: str, **kwargs: Any) -> Plan[Any]:
-        """Run a Redis write that must not silently shadow an archived session."""
-        result = yield from self._redis_call(name, sid, create=not self.has_archive, **kwargs)
-        if result is None:
-            yield from self._ensure_hot(sid)
-            result = yield from self._redis_call(name, sid, create=True, **kwargs)
-        self.invalidations_sent += 1
-        return result
+        """Run a Redis write that must not silently shadow an archived session.
+
+        Without an archive the script may create the session. With one it
+        first runs with ``create=False``: a session missing from Redis is
+        promoted from the archive and the write retried, so a session the
+        worker archived (or evicts again meanwhile) keeps its history; only
+        when the archive holds none either does the write create it. A fenced
+        copy is reconciled first.
+        """
+        kwargs["outbox"] = self.write_through
+        create = not self.has_archive
+        for _ in range(_ATTEMPTS):
+            try:
+                result = yield from self._redis_call(name, sid, create=create, **kwargs)
+            except SessionFenced:
+                yield from self.reconcile(sid)
+                continue
+            if result is not None:
+                self.invalidations_sent += 1
+                return result
+            create = not (yield from self._ensure_hot(sid))
+        raise BackendUnavailable(
+            "redis", f"session {sid!r} kept moving between tiers during the write; retry"
+        )
 
     def save(
         self,
@@ -498,109 +530,116 @@ class TieredCore:
         user_id: str | None,
         expected_version: int | None,
     ) -> Plan[int]:
-        archive_save = _archive(
-            "write_save",
-            sid,
-            batch,
-            ttl_ms=ttl_ms,
-            metadata=metadata,
-            user_id=user_id,
-            expected_version=expected_version,
-        )
+        options = {
+            "ttl_ms": ttl_ms,
+            "metadata": metadata,
+            "user_id": user_id,
+            "expected_version": expected_version,
+        }
         if not self.has_redis:
-            receipt = yield archive_save
+            receipt = yield _archive("write_save", sid, batch, **options)
             self._memory_forget(sid)
             return int(receipt.version)
         try:
-            receipt = yield from self._write_redis(
-                "write_save",
-                sid,
-                batch=batch,
-                ttl_ms=ttl_ms,
-                metadata=metadata,
-                user_id=user_id,
-                expected_version=expected_version,
-            )
-        except BackendUnavailable:
-            if not self.write_through:
+            receipt = yield from self._write_redis("write_save", sid, batch=batch, **options)
+        except BackendUnavailable as exc:
+            if not (self.write_through and exc.backend == "redis"):
                 raise
-            receipt = yield archive_save
-            self._mark_dirty(sid)
+            receipt = yield _archive("write_save", sid, batch, detached=True, **options)
             self._memory_forget(sid)
             return int(receipt.version)
         self._memory_forget(sid)
-        if self.write_through:
-            applied = yield _archive(
-                "mirror", sid, batch, receipt, replace=True, metadata=metadata, user_id=user_id
-            )
-            yield from self._settle_mirror(sid, applied)
-        return int(receipt.version)
+        if not self.write_through:
+            return int(receipt.version)
+        mirror = _archive(
+            "mirror", sid, batch, receipt, replace=True, metadata=metadata, user_id=user_id
+        )
+        return (yield from self._mirror(sid, receipt, mirror))
 
     def append(
         self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
     ) -> Plan[int]:
-        archive_append = _archive(
-            "write_append", sid, batch, ttl_ms=ttl_ms, expected_version=expected_version
-        )
+        options = {"ttl_ms": ttl_ms, "expected_version": expected_version}
         if not self.has_redis:
-            receipt = yield archive_append
+            receipt = yield _archive("write_append", sid, batch, **options)
             self._memory_forget(sid)
             return int(receipt.version)
         before = self.memory.peek(sid) if self.memory is not None else None
         try:
-            receipt = yield from self._write_redis(
-                "write_append", sid, batch=batch, ttl_ms=ttl_ms, expected_version=expected_version
-            )
-        except BackendUnavailable:
-            if not self.write_through:
+            receipt = yield from self._write_redis("write_append", sid, batch=batch, **options)
+        except BackendUnavailable as exc:
+            if not (self.write_through and exc.backend == "redis"):
                 raise
-            receipt = yield archive_append
-            self._mark_dirty(sid)
+            receipt = yield _archive("write_append", sid, batch, detached=True, **options)
             self._memory_forget(sid)
             return int(receipt.version)
         self._memory_after_append(sid, batch, receipt, before)
-        if self.write_through:
-            applied = yield _archive(
-                "mirror", sid, batch, receipt, replace=False, metadata=None, user_id=None
-            )
-            yield from self._settle_mirror(sid, applied)
-        return int(receipt.version)
+        if not self.write_through:
+            return int(receipt.version)
+        mirror = _archive("mirror", sid, batch, receipt, replace=False, metadata=None, user_id=None)
+        return (yield from self._mirror(sid, receipt, mirror))
 
     def merge_metadata(self, sid: str, updates: FrozenDict) -> Plan[FrozenDict]:
         if not self.has_redis:
-            merged = yield _archive("_merge_metadata", sid, updates)
+            merged = yield _archive("write_merge_metadata", sid, updates)
             self._memory_forget(sid)
             return merged  # type: ignore[no-any-return]
-        if not (yield from self._redis_call("_exists", sid)):
-            yield from self._ensure_hot(sid)
-        merged, receipt = yield from self._redis_call("write_merge_metadata", sid, updates)
+        for _ in range(_ATTEMPTS):
+            try:
+                merged, receipt = yield from self._redis_call(
+                    "write_merge_metadata", sid, updates, outbox=self.write_through
+                )
+            except SessionFenced:
+                yield from self.reconcile(sid)
+                continue
+            except SessionNotFound:
+                # Not in Redis (archived, or evicted meanwhile): promote and retry.
+                if not (yield from self._ensure_hot(sid)):
+                    raise
+                continue
+            except BackendUnavailable as exc:
+                if not (self.write_through and exc.backend == "redis"):
+                    raise
+                merged = yield _archive("write_merge_metadata", sid, updates, detached=True)
+                self._memory_forget(sid)
+                return merged  # type: ignore[no-any-return]
+            break
+        else:
+            raise BackendUnavailable(
+                "redis", f"session {sid!r} kept moving between tiers during the write; retry"
+            )
         self.invalidations_sent += 1
         self._memory_forget(sid)
         if self.write_through:
-            applied = yield _archive("mirror_metadata", sid, merged, receipt)
-            yield from self._settle_mirror(sid, applied)
+            mirror = _archive("mirror_metadata", sid, merged, receipt)
+            yield from self._mirror(sid, receipt, mirror)
         return merged  # type: ignore[no-any-return]
 
-    def _settle_mirror(self, sid: str, applied: bool) -> Plan[None]:
-        """Settle a write-through mirror the archive could not apply on its own.
-
-        Concurrent writers' mirrors may reach the archive out of order; one
-        that finds no session yet (or a newer version) is settled by copying
-        the session's current Redis state, which includes the write.
-        """
-        if applied:
-            return
-        snap = yield _redis("snapshot", sid, None)
-        if snap is not None:
-            yield _archive("restore", snap)
-
     def delete(self, sid: str) -> Plan[bool]:
+        """Delete from every tier, leaving tombstones that outlive any copy in flight.
+
+        Redis goes first and picks the tombstone time; the archive records the
+        same one. With Redis down (write_through only) the archive's tombstone
+        is enough until the Redis copy is reconciled (the session is then
+        detached); in ``archive`` mode the delete fails instead.
+        """
         existed = False
+        tombstone = 0
+        redis_down = False
         if self.has_redis:
-            existed = bool((yield from self._redis_call("_delete", sid))) or existed
+            try:
+                existed, tombstone = yield from self._redis_call("write_delete", sid)
+            except BackendUnavailable as exc:
+                if not (self.write_through and exc.backend == "redis"):
+                    raise
+                redis_down = True
             self.invalidations_sent += 1
+        if tombstone:
+            self.seen.note(sid, (tombstone, 0))
+        self._memory_forget(sid)
         if self.has_archive:
-            existed = bool((yield _archive("_delete", sid))) or existed
+            gone = yield _archive("delete_at", sid, floor_ms=tombstone, detached=redis_down)
+            existed = bool(gone) or existed
         self._memory_forget(sid)
         return existed
 
@@ -628,7 +667,14 @@ class TieredCore:
 
     def list(self, user_id: str | None, limit: int, cursor: str | None, order: Order) -> Plan[Page]:
         if self.has_redis and self.has_archive:
-            return (yield from self._merged_list(user_id, limit, cursor, order))
+            try:
+                return (yield from self._merged_list(user_id, limit, cursor, order))
+            except BackendUnavailable as exc:
+                if not (self.write_through and exc.backend == "redis"):
+                    raise
+                # Every write reached the archive (or is waiting in an outbox).
+                cold: Page = yield _archive("_list", user_id, limit, cursor, order)
+                return cold
         page: Page = yield Op(
             "redis" if self.has_redis else "archive", "_list", (user_id, limit, cursor, order)
         )
@@ -639,7 +685,7 @@ class TieredCore:
     ) -> Plan[Page]:
         """Merge the hot and archive indexes; a session in both counts where Redis has it."""
         position = decode_cursor(cursor) if cursor is not None else None
-        hot: builtins.list[tuple[int, str]] = yield _redis(
+        hot: builtins.list[tuple[int, str]] = yield from self._redis_call(
             "list_keys", user_id, limit, position, order
         )
         cold: builtins.list[tuple[int, str]] = []
@@ -662,23 +708,38 @@ class TieredCore:
     # -- full history -------------------------------------------------------------------
 
     def history(self, sid: str, before: int | None, limit: int) -> Plan[HistoryPage]:
-        """A page of the whole history (archive included), oldest first."""
+        """A page of the whole history (archive included), oldest first.
+
+        Redis decides what the current history is: archive rows of another
+        generation, or from before the seq where the last save restarted the
+        history, are not part of it even if the worker has not yet replaced them.
+        """
         check_limit(limit, maximum=100_000)
-        pairs: dict[int, Message] = {}
-        found = False
+        parts: dict[str, HistoryPart] = {}
         for tier, present in (("redis", self.has_redis), ("archive", self.has_archive)):
             if not present:
                 continue
             try:
                 part = yield Op(tier, "history_page", (sid, before, limit))
-            except BackendUnavailable:
+            except (BackendUnavailable, SessionFenced):
                 continue
             if part is not None:
-                found = True
-                for seq, message in part:
-                    pairs.setdefault(seq, message)
-        if not found:
+                parts[tier] = part
+        if not parts:
             raise SessionNotFound(sid)
+        pairs: dict[int, Message] = {}
+        hot = parts.get("redis")
+        for part in parts.values():
+            if hot is not None and part is not hot:
+                if part.created_ms != hot.created_ms:
+                    continue
+                part = HistoryPart(
+                    part.created_ms,
+                    hot.base_seq,
+                    [(seq, m) for seq, m in part.pairs if seq >= hot.base_seq],
+                )
+            for seq, message in part.pairs:
+                pairs.setdefault(seq, message)
         seqs = sorted(pairs)[-limit:]
         next_before = seqs[0] if seqs and (len(pairs) >= limit) else None
         return HistoryPage([pairs[s] for s in seqs], seqs, next_before)

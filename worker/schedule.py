@@ -13,6 +13,7 @@ TASKS: dict[str, str] = {
     "tieredstore-expire": "tieredstore.expire",
     "tieredstore-archive-idle": "tieredstore.archive_idle",
     "tieredstore-trim": "tieredstore.trim",
+    "tieredstore-reconcile": "tieredstore.reconcile",
 }
 """Beat entry name -> Celery task name."""
 
@@ -27,6 +28,7 @@ def beat_schedule(settings: MaintenanceSettings, queue: str) -> dict[str, dict[s
         "tieredstore-expire": settings.expire_interval,
         "tieredstore-archive-idle": settings.archive_interval,
         "tieredstore-trim": settings.trim_interval,
+        "tieredstore-reconcile": settings.reconcile_interval,
     }
     return {
         entry: {

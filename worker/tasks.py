@@ -41,7 +41,15 @@ from tieredstore.maintenance import MaintenanceResult, MaintenanceSettings
 from tieredstore.store import TieredStore
 from worker.app import app, broker_url
 
-__all__ = ["RUN_LOG_SIZE", "LockLost", "Maintenance", "archive_idle", "expire", "trim"]
+__all__ = [
+    "RUN_LOG_SIZE",
+    "LockLost",
+    "Maintenance",
+    "archive_idle",
+    "expire",
+    "reconcile",
+    "trim",
+]
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +209,14 @@ def archive_idle(self: Task, slot: int | None = None, chain: int = 0) -> dict[st
 def trim(self: Task, slot: int | None = None, chain: int = 0) -> dict[str, Any]:
     """Enforce the trim limits on hot and archived sessions (one bounded run)."""
     return run_task(self, "trim", context().settings.trim_interval, _trim, slot, chain)
+
+
+def _reconcile(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult:
+    return maintenance.reconcile(ctx.store, **_limits(ctx, progress))
+
+
+@app.task(name="tieredstore.reconcile", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+def reconcile(self: Task, slot: int | None = None, chain: int = 0) -> dict[str, Any]:
+    """After an outage: reconcile detached sessions and drain outboxes (one bounded run)."""
+    return run_task(self, "reconcile", context().settings.reconcile_interval, _reconcile, slot,
+                    chain)

@@ -71,8 +71,10 @@ from tieredstore.policy import (
 from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import normalize_url
 from tieredstore.schema import sessions as SESSIONS
+from tieredstore.tiers.transfer import DEFAULT_TOMBSTONE_TTL, HistoryPart, SessionFenced
 
 if TYPE_CHECKING:
+    from tieredstore.tiers.redis import Fenced, OutboxRecord
     from tieredstore.tiers.transfer import Snapshot, WriteReceipt
 
 __all__ = [
@@ -81,6 +83,7 @@ __all__ = [
     "ArchiveStore",
     "AsyncArchiveStore",
     "PreparedCopies",
+    "Reconciled",
     "create_async_engine",
     "create_engine",
 ]
@@ -101,6 +104,9 @@ _SESSION_COLUMNS = (
     _S.next_seq,
     _S.base_seq,
     _S.lead,
+    _S.deleted_ms,
+    _S.detached,
+    _S.meta_version,
 )
 _RECEIPT_COLUMNS = (
     _S.version,
@@ -150,7 +156,7 @@ _SNAPSHOT_LAST = (
 )
 _HISTORY = (
     sa.select(_M.seq, _M.payload)
-    .where(_MKEY, sa.exists().where(_KEY, _LIVE))
+    .where(_MKEY, _M.seq >= sa.bindparam("base"))
     .order_by(_M.seq.desc())
     .limit(_LAST)
 )
@@ -198,10 +204,28 @@ _INSERT_NEW_MESSAGES_PG = sa.text(_PG_INSERT + " ON CONFLICT DO NOTHING")
 # Maintenance: expired rows (skipping rows a writer holds), sessions by id, sizes.
 _SELECT_EXPIRED = (
     sa.select(_S.session_id)
-    .where(_S.namespace == _NS, _S.expires_ms <= _NOW)
+    .where(
+        _S.namespace == _NS,
+        _S.expires_ms <= _NOW,
+        sa.or_(_S.deleted_ms.is_(None), _S.deleted_ms <= sa.bindparam("tomb_before")),
+    )
     .order_by(_S.expires_ms)
     .limit(_LAST)
     .with_for_update(skip_locked=True)
+)
+_DETACHED = (
+    sa.select(_S.session_id)
+    .where(_S.namespace == _NS, _S.detached)
+    .order_by(_S.session_id)
+    .limit(_LAST)
+)
+_TOMBSTONES = sa.select(_S.session_id, _S.deleted_ms).where(
+    _S.namespace == _NS,
+    _S.session_id.in_(sa.bindparam("ids", expanding=True)),
+    _S.deleted_ms.is_not(None),
+)
+_MESSAGES_AT = sa.select(_M.seq, _M.payload, _M.created_ms).where(
+    _MKEY, _M.seq.in_(sa.bindparam("seqs", expanding=True))
 )
 _SESSION_IDS_AFTER = (
     sa.select(_S.session_id)
@@ -239,6 +263,7 @@ _ABSORB_COLUMNS = (
     "next_seq",
     "base_seq",
     "lead",
+    "meta_version",
 )
 _ABSORB_TYPES = (
     "varchar",
@@ -253,6 +278,7 @@ _ABSORB_TYPES = (
     "bigint",
     "bigint",
     "integer",
+    "bigint",
 )
 # PostgreSQL: create a batch of sessions in one statement; RETURNING says which were new.
 _PG_CREATE_SESSIONS = sa.text(
@@ -585,6 +611,21 @@ class ArchiveCopy:
 
 
 @dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What :meth:`ArchiveStore.reconcile` decided for the Redis copy.
+
+    ``action``: ``none`` (nothing to do), ``unfence`` (the Redis copy is
+    current: lift its fence), ``drop`` (it is a deleted generation: delete it
+    with ``tombstone_ms``), ``promote`` (the archive holds the session's one
+    history, at ``version``: copy it over the fenced Redis copy).
+    """
+
+    action: str
+    tombstone_ms: int = 0
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedCopies:
     """Copies for :meth:`ArchiveStore.absorb_many` with their rows already built.
 
@@ -616,14 +657,24 @@ class ArchiveShared(StoreCore):
 
     tier = "archive"
     namespace: str
+    tombstone_ms: int
     _pg: bool
     _bulk_copy: bool
     _url: sa.URL
     _create_row: Any
 
-    def _setup(self, engine: sa.Engine, namespace: str) -> dict[str, dict[str, Any]]:
+    def _setup(
+        self, engine: sa.Engine, namespace: str, tombstone_ttl: float
+    ) -> dict[str, dict[str, Any]]:
         """Check the dialect and prepare ``engine``; the execution options of each role."""
         self.namespace = check_session_id(namespace, self.limits, what="namespace")
+        if (
+            isinstance(tombstone_ttl, bool)
+            or not isinstance(tombstone_ttl, int | float)
+            or not 0 <= tombstone_ttl <= 1e12
+        ):
+            raise InvalidInput(f"tombstone_ttl must be a non-negative number: {tombstone_ttl!r}")
+        self.tombstone_ms = int(tombstone_ttl * 1000)
         self._url = engine.url
         dialect = engine.dialect.name
         self._pg = dialect == "postgresql"
@@ -722,6 +773,13 @@ class ArchiveShared(StoreCore):
     def _is_live(row: Any, now_ms: int) -> bool:
         return row is not None and (row.expires_ms is None or row.expires_ms > now_ms)
 
+    @staticmethod
+    def _born(row: Any, now_ms: int) -> int:
+        """The created time of a new generation: never before the id's tombstone."""
+        if row is not None and row.deleted_ms is not None and row.deleted_ms > now_ms:
+            return int(row.deleted_ms)
+        return now_ms
+
     def _lock_row(self, conn: sa.Connection, sid: str) -> Any:
         return conn.execute(_LOCK_ROW, self._params(sid)).first()
 
@@ -796,8 +854,11 @@ class ArchiveShared(StoreCore):
         lead: int,
         metadata: Mapping[str, Any] | None = None,
         user_id: str | None = None,
+        detached: bool = False,
     ) -> dict[str, Any]:
         return {
+            "detached": detached,
+            "meta_version": version,
             "user_id": user_id,
             "metadata": metadata if metadata is not None else EMPTY_METADATA,
             "created_ms": created_ms,
@@ -822,6 +883,7 @@ class ArchiveShared(StoreCore):
         metadata: FrozenDict | None,
         user_id: str | None,
         expected_version: int | None,
+        detached: bool = False,
     ) -> Plan[int]:
         receipt = yield from self._plan_write_save(
             sid,
@@ -850,6 +912,7 @@ class ArchiveShared(StoreCore):
         metadata: FrozenDict | None,
         user_id: str | None,
         expected_version: int | None,
+        detached: bool = False,
     ) -> Plan[WriteReceipt]:
         """The plan of :meth:`ArchiveStore.write_save`."""
         from tieredstore.tiers.transfer import WriteReceipt
@@ -868,8 +931,9 @@ class ArchiveShared(StoreCore):
                 if actual != expected_version:
                     raise VersionConflict(sid, expected_version, actual)
             if not live:
+                born = self._born(row, now)
                 values = self._new_values(
-                    created_ms=now,
+                    created_ms=born,
                     updated_ms=now,
                     ttl_ms=ttl_ms,
                     expires_ms=now + ttl_ms if ttl_ms is not None else None,
@@ -878,10 +942,11 @@ class ArchiveShared(StoreCore):
                     lead=new_lead,
                     metadata=metadata,
                     user_id=user_id,
+                    detached=detached,
                 )
                 self._renew(conn, sid, row, values)
                 self._insert_messages(conn, sid, batch, keep, keep, now)
-                return WriteReceipt(1, 0, n, now, now, values["expires_ms"], ttl_ms)
+                return WriteReceipt(1, 0, n, born, now, values["expires_ms"], ttl_ms)
             # Seqs only grow: the new history starts after the last seq used.
             first = row.next_seq
             values = {
@@ -894,8 +959,11 @@ class ArchiveShared(StoreCore):
                 "ttl_ms": row.ttl_ms if ttl_ms is None else ttl_ms,
                 "expires_ms": row.expires_ms if ttl_ms is None else now + ttl_ms,
             }
+            if detached:
+                values["detached"] = True
             if metadata is not None:
                 values["metadata"] = metadata
+                values["meta_version"] = values["version"]
             if user_id is not None:
                 values["user_id"] = user_id
             conn.execute(_DELETE_MESSAGES, self._params(sid))
@@ -914,7 +982,13 @@ class ArchiveShared(StoreCore):
         return (yield from self._transaction(work, "writer"))
 
     def _plan_write_append(
-        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        expected_version: int | None,
+        detached: bool = False,
     ) -> Plan[WriteReceipt]:
         """The plan of :meth:`ArchiveStore.write_append`."""
         from tieredstore.tiers.transfer import WriteReceipt
@@ -941,7 +1015,7 @@ class ArchiveShared(StoreCore):
                 params["expected"] = expected_version
             return params
 
-        if self._pg and self.max_messages is None:
+        if self._pg and self.max_messages is None and not detached:
             stmt = _PG_APPEND[ttl_ms is not None, expected_version is not None]
             offsets = range(n)
 
@@ -966,6 +1040,8 @@ class ArchiveShared(StoreCore):
                 if self.max_messages is not None and bumped.message_count > self.max_messages:
                     keep = self._trim_stored(conn, sid, batch)
                 self._insert_messages(conn, sid, batch, keep, [first + i for i in keep], now)
+                if detached:
+                    conn.execute(_UPDATE_ROW, self._params(sid, detached=True))
                 return receipt(bumped)
             # Slow path: the session is missing or expired, or the version differs.
             row = self._lock_row(conn, sid)
@@ -978,18 +1054,20 @@ class ArchiveShared(StoreCore):
             lead, drop, kept = _trim(batch.kinds, self.max_messages)
             keep = _kept(n, lead, drop)
             expires = now + ttl_ms if ttl_ms is not None else None
+            born = self._born(row, now)
             values = self._new_values(
-                created_ms=now,
+                created_ms=born,
                 updated_ms=now,
                 ttl_ms=ttl_ms,
                 expires_ms=expires,
                 count=len(keep),
                 next_seq=n,
                 lead=leading_system(kept),
+                detached=detached,
             )
             self._renew(conn, sid, row, values)
             self._insert_messages(conn, sid, batch, keep, keep, now)
-            return WriteReceipt(1, 0, n, now, now, expires, ttl_ms)
+            return WriteReceipt(1, 0, n, born, now, expires, ttl_ms)
 
         return (yield from self._transaction(work, "writer"))
 
@@ -1013,7 +1091,9 @@ class ArchiveShared(StoreCore):
         )
         return [i for i in range(len(batch)) if not lead <= stored + i < end]
 
-    def _plan_merge_metadata(self, sid: str, updates: FrozenDict) -> Plan[FrozenDict]:
+    def _plan_merge_metadata(
+        self, sid: str, updates: FrozenDict, detached: bool = False
+    ) -> Plan[FrozenDict]:
         def work(conn: sa.Connection) -> FrozenDict:
             now = self._now_ms()
             row = self._lock_row(conn, sid)
@@ -1023,20 +1103,57 @@ class ArchiveShared(StoreCore):
             values = {
                 "metadata": merged,
                 "version": row.version + 1,
+                "meta_version": row.version + 1,
                 "updated_ms": max(now, row.updated_ms),
             }
+            if detached:
+                values["detached"] = True
             conn.execute(_UPDATE_ROW, self._params(sid, **values))
             return merged
 
         return (yield from self._transaction(work, "writer"))
 
-    def _plan_delete(self, sid: str) -> Plan[bool]:
+    def _plan_delete(self, sid: str, floor_ms: int = 0, detached: bool = False) -> Plan[bool]:
+        """Delete, leaving the row as a tombstone (see :meth:`ArchiveStore.delete_at`)."""
+
         def work(conn: sa.Connection) -> bool:
             now = self._now_ms()
-            gone = conn.execute(_DELETE_ROW, self._params(sid)).first()
-            # ON DELETE CASCADE did this already, unless foreign keys are off.
+            row = self._lock_row(conn, sid)
+            tombstone = max(now, floor_ms, row.deleted_ms or 0) if row is not None else max(
+                now, floor_ms
+            )
+            if row is not None and row.version > 0:
+                tombstone = max(tombstone, row.created_ms + 1)
+            values: dict[str, Any] = {
+                "user_id": None,
+                "metadata": EMPTY_METADATA,
+                "updated_ms": tombstone,
+                "expires_ms": 0,
+                "ttl_ms": None,
+                "version": 0,
+                "message_count": 0,
+                "lead": 0,
+                "deleted_ms": tombstone,
+                "detached": detached or (row is not None and bool(row.detached)),
+            }
+            if row is None:
+                created = conn.execute(
+                    self._create_row,
+                    {
+                        "namespace": self.namespace,
+                        "session_id": sid,
+                        "created_ms": tombstone,
+                        "next_seq": 0,
+                        "base_seq": 0,
+                        **values,
+                    },
+                ).first()
+                if created is None:
+                    raise _Retry
+                return False
             conn.execute(_DELETE_MESSAGES, self._params(sid))
-            return self._is_live(gone, now)
+            conn.execute(_UPDATE_ROW, self._params(sid, **values))
+            return self._is_live(row, now) and row.version > 0
 
         return (yield from self._transaction(work, "writer"))
 
@@ -1215,22 +1332,25 @@ class ArchiveShared(StoreCore):
 
     def _plan_history_page(
         self, session_id: str, before: int | None, limit: int
-    ) -> Plan[list[tuple[int, Message]] | None]:
+    ) -> Plan[HistoryPart | None]:
         """The plan of :meth:`ArchiveStore.history_page`."""
         sid = self._sid(session_id)
 
-        def work(conn: sa.Connection) -> list[tuple[int, Message]] | None:
+        def work(conn: sa.Connection) -> HistoryPart | None:
             params = self._params(sid, self._now_ms(), last=limit)
+            row = conn.execute(_SELECT_LIVE, params).first()
+            if row is None:
+                return None
+            params["base"] = row.base_seq
             if before is None:
                 rows = conn.execute(_HISTORY, params).all()
             else:
                 params["before"] = before
                 rows = conn.execute(_HISTORY_BEFORE, params).all()
-            if not rows and conn.execute(_EXISTS, params).first() is None:
-                return None
-            return [(r.seq, decode_message(r.payload)) for r in reversed(rows)]
+            pairs = [(r.seq, decode_message(r.payload)) for r in reversed(rows)]
+            return HistoryPart(row.created_ms, row.base_seq, pairs)
 
-        return (yield from self._transaction(work, "single", read=True))
+        return (yield from self._transaction(work, "reader", read=True))
 
     def _plan_mirror(
         self,
@@ -1270,16 +1390,21 @@ class ArchiveShared(StoreCore):
 
         def work(conn: sa.Connection) -> bool:
             row = self._lock_row(conn, sid)
+            if row is not None and row.detached:
+                raise SessionFenced(sid)
             if row is None or row.created_ms != receipt.created_ms:
                 return False
+            values: dict[str, Any] = {}
+            if receipt.version > row.meta_version:
+                values.update(metadata=metadata, meta_version=receipt.version)
             if receipt.version > row.version:
-                values: dict[str, Any] = {
-                    "metadata": metadata,
-                    "version": receipt.version,
-                    "updated_ms": receipt.updated_ms,
-                    "expires_ms": receipt.expires_ms,
-                    "ttl_ms": receipt.ttl_ms,
-                }
+                values.update(
+                    version=receipt.version,
+                    updated_ms=receipt.updated_ms,
+                    expires_ms=receipt.expires_ms,
+                    ttl_ms=receipt.ttl_ms,
+                )
+            if values:
                 conn.execute(_UPDATE_ROW, self._params(sid, **values))
             return True
 
@@ -1356,6 +1481,7 @@ class ArchiveShared(StoreCore):
                     copy.next_seq,
                     base,
                     leading_system(kept),
+                    copy.version,
                 )
             )
         return PreparedCopies(ns, copies, sessions, messages)
@@ -1400,6 +1526,7 @@ class ArchiveShared(StoreCore):
                     base_seq=copy.base_seq,
                     metadata=copy.metadata,
                     user_id=copy.user_id,
+                    skip_detached=True,
                 )
             if fresh:
                 self._create_many(conn, prepared, fresh)
@@ -1464,12 +1591,22 @@ class ArchiveShared(StoreCore):
         base_seq: int | None,
         metadata: FrozenDict | None,
         user_id: str | None,
+        skip_detached: bool = False,
     ) -> bool:
         """:meth:`_apply` inside the caller's transaction; ``row`` is the locked session row.
 
         ``base_seq`` (``None``: unchanged) is where the writer's history starts.
+        A copy of a generation created before the id's tombstone is refused
+        (``False``), and so is any copy onto a detached session: that raises
+        :class:`SessionFenced` unless ``skip_detached``.
         """
         now = self._now_ms()
+        if row is not None and row.deleted_ms is not None and created_ms < row.deleted_ms:
+            return False  # a deleted generation: the delete wins
+        if row is not None and row.detached:
+            if skip_detached:
+                return False
+            raise SessionFenced(sid)
         if row is not None and row.created_ms > created_ms and self._is_live(row, now):
             return False  # a newer incarnation of the session is stored
         if row is None or row.created_ms != created_ms:
@@ -1521,6 +1658,8 @@ class ArchiveShared(StoreCore):
                 expires_ms=expires_ms,
                 ttl_ms=ttl_ms,
             )
+        if version > row.meta_version and (metadata is not None or user_id is not None):
+            values["meta_version"] = version
             if metadata is not None:
                 values["metadata"] = metadata
             if user_id is not None:
@@ -1529,6 +1668,107 @@ class ArchiveShared(StoreCore):
             values["lead"] = conn.execute(_LEAD, self._params(sid)).scalar_one()
         conn.execute(_UPDATE_ROW, self._params(sid, **values))
         return True
+
+    # -- reconciliation (write_through after a Redis outage) ----------------------
+
+    def _plan_detached(self, limit: int) -> Plan[list[str]]:
+        """The plan of :meth:`ArchiveStore.detached_sessions`."""
+        check_limit(limit, maximum=100_000)
+
+        def work(conn: sa.Connection) -> list[str]:
+            return list(conn.execute(_DETACHED, {"ns": self.namespace, "last": limit}).scalars())
+
+        return (yield from self._transaction(work, "single", read=True))
+
+    def _plan_reconcile(self, sid: str, fenced: Fenced | None) -> Plan[Reconciled]:
+        """The plan of :meth:`ArchiveStore.reconcile`."""
+
+        def work(conn: sa.Connection) -> Reconciled:
+            now = self._now_ms()
+            row = self._lock_row(conn, sid)
+            if row is None:
+                return Reconciled("unfence" if fenced else "none")
+            tombstone = row.deleted_ms or 0
+            if fenced is not None and fenced.created_ms < tombstone:
+                action = "drop"
+            elif not row.detached:
+                newer = (
+                    row.version > 0 and fenced is not None and row.created_ms > fenced.created_ms
+                )
+                action = "promote" if newer else ("unfence" if fenced else "none")
+                return Reconciled(action, tombstone, row.version)
+            elif fenced is None:
+                action = "none"
+            elif row.version == 0:
+                action = "unfence"  # Redis holds a generation created after the delete
+            else:
+                return self._absorb_fenced(conn, sid, row, fenced, now)
+            conn.execute(_UPDATE_ROW, self._params(sid, detached=False))
+            return Reconciled(action, tombstone, row.version)
+
+        return (yield from self._transaction(work, "writer"))
+
+    def _absorb_fenced(
+        self, conn: sa.Connection, sid: str, row: Any, fenced: Fenced, now: int
+    ) -> Reconciled:
+        """Make the detached archive copy the session's one history again.
+
+        The fenced Redis copy's outbox holds its writes the archive may lack:
+        each one the archive does not hold at its seqs is appended after the
+        archive's history (a save's messages too: both sides were
+        acknowledged). The result is a new generation, so a late mirror of
+        the fenced copy is recognised as stale; its version is above both.
+        """
+        next_seq, count = row.next_seq, row.message_count
+        metadata = dict(_frozen(row.metadata))
+        user_id, updated = row.user_id, row.updated_ms
+        inserted = False
+        for record in fenced.records:
+            receipt = record.receipt
+            updated = max(updated, receipt.updated_ms)
+            if record.metadata is not None:
+                metadata.update(record.metadata)
+            if record.user_id is not None:
+                user_id = record.user_id
+            batch = record.batch
+            if not len(batch) or self._holds(conn, sid, row, record):
+                continue
+            seqs = [next_seq + i for i in range(len(batch))]
+            self._insert_messages(conn, sid, batch, range(len(batch)), seqs, receipt.updated_ms)
+            next_seq += len(batch)
+            count += len(batch)
+            inserted = True
+        values: dict[str, Any] = {
+            "created_ms": max(now, row.created_ms + 1, fenced.created_ms + 1),
+            "version": max(row.version, fenced.version) + 1,
+            "updated_ms": updated,
+            "next_seq": next_seq,
+            "message_count": count,
+            "metadata": FrozenDict(metadata),
+            "meta_version": max(row.version, fenced.version) + 1,
+            "user_id": user_id,
+            "detached": False,
+        }
+        if inserted:
+            values["lead"] = conn.execute(_LEAD, self._params(sid)).scalar_one()
+        conn.execute(_UPDATE_ROW, self._params(sid, **values))
+        return Reconciled("promote", row.deleted_ms or 0, values["version"])
+
+    def _holds(self, conn: sa.Connection, sid: str, row: Any, record: OutboxRecord) -> bool:
+        """Whether the archive already holds this outbox record's messages (a
+        mirror that landed before the outage, whose acknowledgement was lost)."""
+        receipt = record.receipt
+        if receipt.created_ms != row.created_ms:
+            return False
+        seqs = [receipt.first_seq + i for i in range(len(record.batch))]
+        stored = {
+            r.seq: (bytes(r.payload), r.created_ms)
+            for r in conn.execute(_MESSAGES_AT, self._params(sid, seqs=seqs))
+        }
+        return all(
+            stored.get(seq) == (payload, receipt.updated_ms)
+            for seq, payload in zip(seqs, record.batch.payloads, strict=True)
+        )
 
     # -- maintenance ----------------------------------------------------------
 
@@ -1575,7 +1815,12 @@ class ArchiveShared(StoreCore):
 
         def work(conn: sa.Connection) -> tuple[int, int]:
             now = self._now_ms() if now_ms is None else now_ms
-            params: dict[str, Any] = {"ns": self.namespace, "now": now, "last": batch_size}
+            params: dict[str, Any] = {
+                "ns": self.namespace,
+                "now": now,
+                "last": batch_size,
+                "tomb_before": now - self.tombstone_ms,
+            }
             ids = list(conn.execute(_SELECT_EXPIRED, params).scalars())
             if not ids:
                 return 0, 0
@@ -1647,10 +1892,13 @@ class ArchiveShared(StoreCore):
 
         def work(conn: sa.Connection) -> dict[str, int]:
             params = {"ns": self.namespace, "now": self._now_ms()}
+            real = _S.version > 0
             sessions = conn.execute(
-                sa.select(sa.func.count(), sa.func.count().filter(_S.expires_ms <= _NOW)).where(
-                    _S.namespace == _NS
-                ),
+                sa.select(
+                    sa.func.count().filter(real),
+                    sa.func.count().filter(real, _S.expires_ms <= _NOW),
+                    sa.func.count().filter(sa.not_(real)),
+                ).where(_S.namespace == _NS),
                 params,
             ).one()
             messages = conn.execute(
@@ -1659,6 +1907,7 @@ class ArchiveShared(StoreCore):
             return {
                 "sessions": int(sessions[0]),
                 "expired_sessions": int(sessions[1]),
+                "tombstones": int(sessions[2]),
                 "messages": int(messages),
             }
 
@@ -1685,6 +1934,7 @@ class ArchiveStore(ArchiveShared, BaseStore):
         *,
         url: str | sa.URL | None = None,
         namespace: str = "default",
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -1695,7 +1945,7 @@ class ArchiveStore(ArchiveShared, BaseStore):
             assert url is not None
             engine = create_engine(url)
         self.engine = engine
-        roles = self._setup(engine, namespace)
+        roles = self._setup(engine, namespace, tombstone_ttl)
         self._bulk_copy = self._pg
         self._engines = {
             role: engine.execution_options(**opts) if opts else engine
@@ -1798,8 +2048,13 @@ class ArchiveStore(ArchiveShared, BaseStore):
         metadata: FrozenDict | None,
         user_id: str | None,
         expected_version: int | None,
+        detached: bool = False,
     ) -> WriteReceipt:
-        """:meth:`save` on validated input, returning the full :class:`WriteReceipt`."""
+        """:meth:`save` on validated input, returning the full :class:`WriteReceipt`.
+
+        ``detached`` marks a write taken while Redis is unreachable: the Redis
+        copy is then stale until reconciled (see :meth:`reconcile`).
+        """
         return self._drive(
             self._plan_write_save(
                 sid,
@@ -1808,16 +2063,52 @@ class ArchiveStore(ArchiveShared, BaseStore):
                 metadata=metadata,
                 user_id=user_id,
                 expected_version=expected_version,
+                detached=detached,
             )
         )
 
     def write_append(
-        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        expected_version: int | None,
+        detached: bool = False,
     ) -> WriteReceipt:
         """:meth:`append` on validated input, returning the full :class:`WriteReceipt`."""
         return self._drive(
-            self._plan_write_append(sid, batch, ttl_ms=ttl_ms, expected_version=expected_version)
+            self._plan_write_append(
+                sid, batch, ttl_ms=ttl_ms, expected_version=expected_version, detached=detached
+            )
         )
+
+    def write_merge_metadata(
+        self, sid: str, updates: FrozenDict, *, detached: bool = False
+    ) -> FrozenDict:
+        """:meth:`merge_metadata` on validated input (``detached`` as for :meth:`write_save`)."""
+        return self._drive(self._plan_merge_metadata(self._sid(sid), updates, detached))
+
+    def delete_at(self, sid: str, *, floor_ms: int = 0, detached: bool = False) -> bool:
+        """Delete the session, keeping its row as a tombstone no earlier than ``floor_ms``.
+
+        Copies of any generation created before the tombstone are refused
+        (:meth:`absorb_many`, :meth:`mirror`, :meth:`restore`), and a session
+        written later is a new generation created at or after it. Tombstones
+        are removed by :meth:`purge_expired` once ``tombstone_ttl`` has passed.
+        """
+        return self._drive(self._plan_delete(self._sid(sid), floor_ms, detached))
+
+    def detached_sessions(self, limit: int = 1000) -> list[str]:
+        """Sessions that took writes while Redis was unreachable, not yet reconciled."""
+        return self._drive(self._plan_detached(limit))
+
+    def reconcile(self, sid: str, fenced: Fenced | None) -> Reconciled:
+        """Settle a detached session against its fenced Redis copy (``None``: none).
+
+        See :class:`Reconciled` for what the caller does next with the Redis copy.
+        """
+        return self._drive(self._plan_reconcile(self._sid(sid), fenced))
 
     def list_keys(
         self,
@@ -1845,9 +2136,10 @@ class ArchiveStore(ArchiveShared, BaseStore):
 
     def history_page(
         self, session_id: str, before: int | None, limit: int
-    ) -> list[tuple[int, Message]] | None:
-        """The newest ``limit`` messages with seq below ``before`` as ``(seq, message)``,
-        oldest first; ``None`` if the session is missing or expired."""
+    ) -> HistoryPart | None:
+        """The newest ``limit`` messages of the current history (from its base
+        seq) with seq below ``before``, as ``(seq, message)`` oldest first, with
+        the generation; ``None`` if the session is missing or expired."""
         return self._drive(self._plan_history_page(session_id, before, limit))
 
     def mirror(
@@ -1966,7 +2258,8 @@ class ArchiveStore(ArchiveShared, BaseStore):
         )
 
     def stats(self) -> dict[str, int]:
-        """Row counts for this namespace: sessions (live and expired) and messages."""
+        """Row counts for this namespace: sessions (live and expired), delete
+        tombstones and messages."""
         return self._drive(self._plan_stats())
 
 
@@ -1988,6 +2281,7 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
         *,
         url: str | sa.URL | None = None,
         namespace: str = "default",
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -1998,7 +2292,7 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
             assert url is not None
             engine = create_async_engine(url)
         self.engine = engine
-        roles = self._setup(engine.sync_engine, namespace)
+        roles = self._setup(engine.sync_engine, namespace, tombstone_ttl)
         self._bulk_copy = False
         self._engines = {
             role: engine.execution_options(**opts) if opts else engine
@@ -2099,6 +2393,7 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
         metadata: FrozenDict | None,
         user_id: str | None,
         expected_version: int | None,
+        detached: bool = False,
     ) -> WriteReceipt:
         """See :meth:`ArchiveStore.write_save`."""
         return await self._drive(
@@ -2109,16 +2404,43 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
                 metadata=metadata,
                 user_id=user_id,
                 expected_version=expected_version,
+                detached=detached,
             )
         )
 
     async def write_append(
-        self, sid: str, batch: Batch, *, ttl_ms: int | None, expected_version: int | None
+        self,
+        sid: str,
+        batch: Batch,
+        *,
+        ttl_ms: int | None,
+        expected_version: int | None,
+        detached: bool = False,
     ) -> WriteReceipt:
         """See :meth:`ArchiveStore.write_append`."""
         return await self._drive(
-            self._plan_write_append(sid, batch, ttl_ms=ttl_ms, expected_version=expected_version)
+            self._plan_write_append(
+                sid, batch, ttl_ms=ttl_ms, expected_version=expected_version, detached=detached
+            )
         )
+
+    async def write_merge_metadata(
+        self, sid: str, updates: FrozenDict, *, detached: bool = False
+    ) -> FrozenDict:
+        """See :meth:`ArchiveStore.write_merge_metadata`."""
+        return await self._drive(self._plan_merge_metadata(self._sid(sid), updates, detached))
+
+    async def delete_at(self, sid: str, *, floor_ms: int = 0, detached: bool = False) -> bool:
+        """See :meth:`ArchiveStore.delete_at`."""
+        return await self._drive(self._plan_delete(self._sid(sid), floor_ms, detached))
+
+    async def detached_sessions(self, limit: int = 1000) -> list[str]:
+        """See :meth:`ArchiveStore.detached_sessions`."""
+        return await self._drive(self._plan_detached(limit))
+
+    async def reconcile(self, sid: str, fenced: Fenced | None) -> Reconciled:
+        """See :meth:`ArchiveStore.reconcile`."""
+        return await self._drive(self._plan_reconcile(self._sid(sid), fenced))
 
     async def list_keys(
         self,
@@ -2138,7 +2460,7 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
 
     async def history_page(
         self, session_id: str, before: int | None, limit: int
-    ) -> list[tuple[int, Message]] | None:
+    ) -> HistoryPart | None:
         """See :meth:`ArchiveStore.history_page`."""
         return await self._drive(self._plan_history_page(session_id, before, limit))
 

@@ -15,13 +15,21 @@ Key layout (``P`` = ``{prefix}:{namespace}``)::
     P:exp              ZSET   sid -> expires ms (only sessions with a TTL)
     P:own              HASH   sid -> user id (finds the user index of a session
                               whose own keys have already expired)
+    P:{<sid>}:d        STRING the tombstone of the session's last delete (unix ms),
+                              for ``tombstone_ttl``: copies of generations created
+                              before it are refused, new ones are created after it
+    P:{<sid>}:o        HASH   outbox (write_through): version -> record of a write
+                              the archive may not hold yet (:class:`OutboxRecord`)
+    P:obx              ZSET   sid -> ms: sessions with outbox records
     P:{<sid>}:lock     STRING the session lock's holder token, with a PX expiry
                               (see :mod:`tieredstore.locking`)
     P:inval            pub/sub channel of invalidations (not a key)
 
 A session exists while its hash exists and its ``expires`` lies in the
-future; a session saved with ``[]`` has a hash and no list. All per-session
-keys carry the same absolute expiry (``PEXPIREAT``), so they vanish together.
+future (a hash with field ``f`` is *fenced* for reconciliation, see
+:mod:`tieredstore.reconciling`: writes and reads refuse it); a session
+saved with ``[]`` has a hash and no list. All per-session keys carry the
+same absolute expiry (``PEXPIREAT``), so they vanish together.
 
 Sequence numbers: every message gets a seq that only grows during a session's
 life (``n`` is the next one). ``append`` writes at ``n..``; ``save`` also
@@ -89,7 +97,7 @@ from tieredstore.codec import (
     split_entry,
 )
 from tieredstore.config import Limits
-from tieredstore.core import Batch, Order, check_limit, check_session_id
+from tieredstore.core import EMPTY_BATCH, Batch, Order, check_limit, check_session_id
 from tieredstore.errors import (
     BackendUnavailable,
     InvalidInput,
@@ -99,7 +107,13 @@ from tieredstore.errors import (
 )
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.policy import leading_system, plan_trim
-from tieredstore.tiers.transfer import Snapshot, WriteReceipt
+from tieredstore.tiers.transfer import (
+    DEFAULT_TOMBSTONE_TTL,
+    HistoryPart,
+    SessionFenced,
+    Snapshot,
+    WriteReceipt,
+)
 
 __all__ = [
     "SCRIPTS",
@@ -230,6 +244,23 @@ local function touch(sid, user, updated)
   redis.call('ZADD', IX.idx, updated, sid)
   if user then redis.call('ZADD', IX.up .. user, updated, sid) end
 end
+-- The created time of a new generation: never before the session's tombstone
+-- (key d), so copies of the deleted generation stay recognisably older.
+local function born(d, now)
+  local t = redis.call('GET', d)
+  if t and tonumber(t) > now then return tonumber(t) end
+  return now
+end
+-- Keep a write_through write in the session's outbox (hash ob: version ->
+-- record) until the archive confirms it; obx indexes sessions with records.
+local function outbox(ob, sid, op, version, first, nxt, created, updated, e, t, body, now)
+  local head = op .. ' ' .. fmt(version) .. ' ' .. fmt(first) .. ' ' .. fmt(nxt) .. ' '
+               .. created .. ' ' .. fmt(updated) .. ' ' .. (e or '-1') .. ' ' .. (t or '-1')
+  redis.call('HSET', ob, fmt(version), head .. '\n' .. body)
+  if e then redis.call('PEXPIREAT', ob, e) else redis.call('PERSIST', ob) end
+  redis.call('ZADD', IX.obx, 'NX', now, sid)
+  return redis.call('HLEN', ob)
+end
 local function set_expiry(m, h, x, sid, e)
   redis.call('PEXPIREAT', m, e)
   redis.call('PEXPIREAT', h, e)
@@ -299,22 +330,26 @@ local function trim(m, lead, n, max)
 end
 """
 
-# KEYS m h x idx exp own
-# ARGV sid uprefix expected ttl user nmeta lead kinds create chan plead drop spill [k v]* payloads*
+# KEYS m h x d ob idx exp own obx
+# ARGV sid uprefix expected ttl user nmeta lead kinds create chan plead drop spill body
+#      [k v]* payloads*
 # `kinds` are all the call's messages; plan_trim keeps kinds[1..plead] and
 # kinds[plead+drop+1..] and drops the rest (spilled when spill = '1'). The
-# payloads are all of them with spill, else only the kept ones.
+# payloads are all of them with spill, else only the kept ones. A non-empty
+# `body` keeps the write in the outbox (write_through).
 _SAVE = r"""
-local m, h, x = KEYS[1], KEYS[2], KEYS[3]
-IX.idx, IX.exp, IX.own, IX.up = KEYS[4], KEYS[5], KEYS[6], ARGV[2]
+local m, h, x, d, ob = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+IX.idx, IX.exp, IX.own, IX.obx, IX.up = KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[2]
 local sid = ARGV[1]
 local expected, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local user, nmeta, lead, kinds = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local create, chan = ARGV[9] == '1', ARGV[10]
 local plead, drop, spilling = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13] == '1'
+local body = ARGV[14]
 local now = now_ms()
 local o = tohash(redis.call('HGETALL', h))
 local live = is_live(o, now)
+if live and o.f then return {'fenced'} end
 if not live and not create then return {'absent'} end
 local version = live and tonumber(o.version) or 0
 if expected >= 0 and expected ~= version then return {'conflict', version} end
@@ -333,7 +368,7 @@ end
 if user and user ~= o.user then redis.call('HSET', IX.own, sid, user) end
 local e, t = o.expires, o.ttl
 if ttl >= 0 then t = fmt(ttl); e = fmt(now + ttl) end
-local created, updated = o.created or fmt(now), now
+local created, updated = o.created or fmt(born(d, now)), now
 if live then updated = math.max(now, tonumber(o.updated)) end
 local fields = {'version', fmt(version + 1), 'created', created, 'updated', fmt(updated),
                 'lead', lead, 'n', fmt(first + #kinds), 'b', fmt(first)}
@@ -342,8 +377,8 @@ if t then fields[#fields + 1] = 'ttl'; fields[#fields + 1] = t end
 if user then fields[#fields + 1] = 'user'; fields[#fields + 1] = user end
 if nmeta >= 0 then
   for i = 0, nmeta - 1 do
-    fields[#fields + 1] = 'm:' .. ARGV[14 + 2 * i]
-    fields[#fields + 1] = ARGV[15 + 2 * i]
+    fields[#fields + 1] = 'm:' .. ARGV[15 + 2 * i]
+    fields[#fields + 1] = ARGV[16 + 2 * i]
   end
 else
   for k, v in pairs(o) do
@@ -351,7 +386,7 @@ else
   end
 end
 hset(h, fields)
-local p = 14 + 2 * math.max(nmeta, 0)
+local p = 15 + 2 * math.max(nmeta, 0)
 push_entries(m, string.sub(kinds, 1, plead), p, first, now)
 if spilling then
   push_entries(x, string.sub(kinds, plead + 1, plead + drop), p + plead, first + plead, now)
@@ -361,25 +396,34 @@ push_entries(m, string.sub(kinds, plead + drop + 1), p + plead, first + plead + 
 if e then set_expiry(m, h, x, sid, e) end
 touch(sid, user, updated)
 publish(chan, created, fmt(version + 1), sid)
-return {'ok', version + 1, first, first + #kinds, created, updated, e or false, t or false}
+local pending = 0
+if body ~= '' then
+  pending = outbox(ob, sid, 's', version + 1, first, first + #kinds, created, updated, e, t,
+                   body, now)
+end
+return {'ok', version + 1, first, first + #kinds, created, updated, e or false, t or false,
+        pending}
 """
 
-# KEYS m h x idx exp own; ARGV sid uprefix expected ttl max kinds create chan spill payloads*
+# KEYS m h x d ob idx exp own obx
+# ARGV sid uprefix expected ttl max kinds create chan spill body payloads*
 _APPEND = r"""
-local m, h, x = KEYS[1], KEYS[2], KEYS[3]
-IX.idx, IX.exp, IX.own, IX.up = KEYS[4], KEYS[5], KEYS[6], ARGV[2]
+local m, h, x, d, ob = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+IX.idx, IX.exp, IX.own, IX.obx, IX.up = KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[2]
 local sid = ARGV[1]
 local expected, ttl, max = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local kinds, create, chan = ARGV[6], ARGV[7] == '1', ARGV[8]
 if ARGV[9] == '1' then SPILL = x end
+local body = ARGV[10]
 local now = now_ms()
 local f = redis.call('HMGET', h, 'version', 'expires', 'ttl', 'updated', 'lead', 'user',
-                      'created', 'n')
+                      'created', 'n', 'f')
 local live = f[1] and not (f[2] and tonumber(f[2]) <= now)
+if live and f[9] then return {'fenced'} end
 if not live and not create then return {'absent'} end
 local version = live and tonumber(f[1]) or 0
 if expected >= 0 and expected ~= version then return {'conflict', version} end
-local lead, created, updated, user, e, t, first = 0, fmt(now), now, nil, nil, nil, 0
+local lead, created, updated, user, e, t, first = 0, nil, now, nil, nil, nil, 0
 if live then
   lead = tonumber(f[5])
   created = f[7]
@@ -390,8 +434,9 @@ if live then
   first = tonumber(f[8] or '0')
 else
   bury(m, h, x, sid)
+  created = fmt(born(d, now))
 end
-local n = push_entries(m, kinds, 10, first, now)
+local n = push_entries(m, kinds, 11, first, now)
 local before = n - #kinds
 for i = 1, #kinds do
   if lead == before + i - 1 and string.byte(kinds, i) == 115 then lead = lead + 1 end
@@ -416,10 +461,17 @@ else
 end
 touch(sid, user, updated)
 publish(chan, created, fmt(version + 1), sid)
-return {'ok', version + 1, first, first + #kinds, created, updated, e or false, t or false}
+local pending = 0
+if body ~= '' then
+  pending = outbox(ob, sid, 'a', version + 1, first, first + #kinds, created, updated, e, t,
+                   body, now)
+end
+return {'ok', version + 1, first, first + #kinds, created, updated, e or false, t or false,
+        pending}
 """
 
 # KEYS m h exp x; ARGV sid mode last sliding. mode: load | get | count | exists
+# Replies {0} missing, {2} fenced (see _FENCE), else {1, ...}.
 _READ = r"""
 local m, h, exp, x = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sid, mode, last, sliding = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
@@ -429,10 +481,11 @@ if mode == 'get' then
   flat = redis.call('HGETALL', h)
   o = tohash(flat)
 else
-  local f = redis.call('HMGET', h, 'version', 'expires', 'ttl')
-  o = {version = f[1] or nil, expires = f[2] or nil, ttl = f[3] or nil}
+  local f = redis.call('HMGET', h, 'version', 'expires', 'ttl', 'f')
+  o = {version = f[1] or nil, expires = f[2] or nil, ttl = f[3] or nil, f = f[4] or nil}
 end
 if not is_live(o, now) then return {0} end
+if o.f then return {2} end
 if mode == 'exists' then return {1} end
 if mode == 'count' then return {1, redis.call('LLEN', m)} end
 if sliding and o.ttl then
@@ -460,15 +513,15 @@ _HISTORY = r"""
 local m, h, x = KEYS[1], KEYS[2], KEYS[3]
 local before, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_ms()
-local f = redis.call('HMGET', h, 'version', 'expires')
-if not f[1] or (f[2] and tonumber(f[2]) <= now) then return {0} end
+local f = redis.call('HMGET', h, 'version', 'expires', 'f', 'created', 'b')
+if not f[1] or (f[2] and tonumber(f[2]) <= now) or f[3] then return {0} end
 local function tail(L)
   local n = redis.call('LLEN', L)
   if before >= 0 then n = count_below(L, n, before) end
   if n == 0 then return {} end
   return redis.call('LRANGE', L, math.max(n - limit, 0), n - 1)
 end
-return {1, tail(m), tail(x)}
+return {1, tail(m), tail(x), f[4], f[5] or '0'}
 """
 
 # KEYS h x; ARGV upto created. Remove spilled entries with seq <= upto, only
@@ -487,15 +540,18 @@ elseif k > 0 then redis.call('LTRIM', x, k, -1) end
 return k
 """
 
-# KEYS h idx; ARGV sid uprefix chan [key json-or-empty]*  (empty = remove the key)
+# KEYS h ob obx idx; ARGV sid uprefix chan outbox [key json-or-empty]*  (empty = remove
+# the key). With outbox = '1' the write is kept in the outbox, merged metadata as body.
 _MERGE = r"""
-local h = KEYS[1]
-IX.idx, IX.up = KEYS[2], ARGV[2]
-local sid, chan = ARGV[1], ARGV[3]
+local h, ob = KEYS[1], KEYS[2]
+IX.obx, IX.idx, IX.up = KEYS[3], KEYS[4], ARGV[2]
+local sid, chan, keep = ARGV[1], ARGV[3], ARGV[4] == '1'
 local now = now_ms()
-local f = redis.call('HMGET', h, 'version', 'expires', 'updated', 'user', 'created', 'ttl', 'n')
+local f = redis.call('HMGET', h, 'version', 'expires', 'updated', 'user', 'created', 'ttl', 'n',
+                     'f')
 if not f[1] or (f[2] and tonumber(f[2]) <= now) then return {'missing'} end
-for i = 4, #ARGV, 2 do
+if f[8] then return {'fenced'} end
+for i = 5, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', h, 'm:' .. ARGV[i])
   else redis.call('HSET', h, 'm:' .. ARGV[i], ARGV[i + 1]) end
 end
@@ -504,55 +560,70 @@ local updated = math.max(now, tonumber(f[3]))
 redis.call('HSET', h, 'updated', fmt(updated))
 touch(sid, f[4] or nil, updated)
 publish(chan, f[5], fmt(version), sid)
-local out = {'ok', version, f[5], updated, f[2] or false, f[6] or false, f[7] or '0'}
+local out = {'ok', version, f[5], updated, f[2] or false, f[6] or false, f[7] or '0', 0}
 local flat = redis.call('HGETALL', h)
+local parts = {}
 for i = 1, #flat, 2 do
   if string.sub(flat[i], 1, 2) == 'm:' then
     out[#out + 1] = string.sub(flat[i], 3); out[#out + 1] = flat[i + 1]
+    parts[#parts + 1] = cjson.encode(string.sub(flat[i], 3)) .. ':' .. flat[i + 1]
   end
+end
+if keep then
+  local n = tonumber(f[7] or '0')
+  out[8] = outbox(ob, sid, 'm', version, n, n, f[5], updated, f[2] or nil, f[6] or nil,
+                  '{' .. table.concat(parts, ',') .. '}', now)
 end
 return out
 """
 
-# KEYS m h x idx exp own; ARGV sid uprefix chan
-# The announced generation is (now, 0), or (created + 1, 0) for a session
-# created this very millisecond (or "later", by a clock that went back), so
-# that it supersedes every state the deleted session had.
+# KEYS m h x d ob idx exp own obx; ARGV sid uprefix chan tomb_ms floor_ms
+# Delete the session and leave a tombstone T in d for tomb_ms (0: none):
+# T = max(now, floor, created + 1, the previous tombstone), so T is later
+# than the creation of every generation deleted so far; T is announced as
+# generation (T, 0) and returned, {existed, T}. The outbox goes with it.
 _DELETE = r"""
-local m, h, x = KEYS[1], KEYS[2], KEYS[3]
-IX.idx, IX.exp, IX.own, IX.up = KEYS[4], KEYS[5], KEYS[6], ARGV[2]
-local sid, chan = ARGV[1], ARGV[3]
+local m, h, x, d, ob = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+IX.idx, IX.exp, IX.own, IX.obx, IX.up = KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[2]
+local sid, chan, tomb, floor = ARGV[1], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = now_ms()
 local f = redis.call('HMGET', h, 'version', 'expires', 'created')
 local existed = f[1] and not (f[2] and tonumber(f[2]) <= now)
 bury(m, h, x, sid)
-local g = now
+redis.call('DEL', ob)
+redis.call('ZREM', IX.obx, sid)
+local g = math.max(now, floor)
 if f[3] and tonumber(f[3]) >= g then g = tonumber(f[3]) + 1 end
+local before = redis.call('GET', d)
+if before and tonumber(before) > g then g = tonumber(before) end
+if tomb > 0 then redis.call('SET', d, fmt(g), 'PX', tomb) end
 publish(chan, fmt(g), '0', sid)
-if existed then return 1 end
-return 0
+return {existed and 1 or 0, g}
 """
 
-# KEYS m h x idx exp own; ARGV sid uprefix created version. Remove the session
-# only if it is still the given generation (compare-and-delete, for archival);
-# no invalidation: the archive holds that very state.
+# KEYS m h x ob idx exp own; ARGV sid uprefix created version. Remove the session
+# only if it is still the given generation (compare-and-delete, for archival)
+# and holds no outbox record nor fence; no invalidation: the archive holds
+# that very state.
 _EVICT = r"""
-local m, h, x = KEYS[1], KEYS[2], KEYS[3]
-IX.idx, IX.exp, IX.own, IX.up = KEYS[4], KEYS[5], KEYS[6], ARGV[2]
+local m, h, x, ob = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+IX.idx, IX.exp, IX.own, IX.up = KEYS[5], KEYS[6], KEYS[7], ARGV[2]
 local sid = ARGV[1]
 local now = now_ms()
-local f = redis.call('HMGET', h, 'version', 'expires', 'created')
+local f = redis.call('HMGET', h, 'version', 'expires', 'created', 'f')
 if not f[1] or (f[2] and tonumber(f[2]) <= now) then return 0 end
-if f[3] ~= ARGV[3] or f[1] ~= ARGV[4] then return 0 end
+if f[3] ~= ARGV[3] or f[1] ~= ARGV[4] or f[4] then return 0 end
+if redis.call('EXISTS', ob) == 1 then return 0 end
 bury(m, h, x, sid)
 return 1
 """
 
-# KEYS src_m src_h src_x dst_m dst_h dst_x idx exp own; ARGV src dst uprefix ttl chan
+# KEYS src_m src_h src_x dst_m dst_h dst_x idx exp own dst_d; ARGV src dst uprefix ttl chan
 # The copy keeps the source's seqs (entries and spill are copied verbatim).
 _FORK = r"""
 local sm, sh, sx, dm, dh, dx = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 IX.idx, IX.exp, IX.own, IX.up = KEYS[7], KEYS[8], KEYS[9], ARGV[3]
+local dd = KEYS[10]
 local dst, ttl, chan = ARGV[2], tonumber(ARGV[4]), ARGV[5]
 local now = now_ms()
 local o = tohash(redis.call('HGETALL', sh))
@@ -567,7 +638,8 @@ local t = o.ttl
 if ttl >= 0 then t = fmt(ttl) end
 -- (a session restored with an expiry but no TTL keeps that expiry)
 local e = t and fmt(now + tonumber(t)) or o.expires
-local fields = {'version', '1', 'created', fmt(now), 'updated', fmt(now), 'lead', o.lead,
+local created = fmt(born(dd, now))
+local fields = {'version', '1', 'created', created, 'updated', fmt(now), 'lead', o.lead,
                 'n', o.n or '0', 'b', o.b or '0'}
 if e then fields[#fields + 1] = 'expires'; fields[#fields + 1] = e end
 if t then fields[#fields + 1] = 'ttl'; fields[#fields + 1] = t end
@@ -581,24 +653,35 @@ end
 hset(dh, fields)
 if e then set_expiry(dm, dh, dx, dst, e) end
 touch(dst, o.user, now)
-publish(chan, fmt(now), '1', dst)
+publish(chan, created, '1', dst)
 return {'ok', 1}
 """
 
-# KEYS m h x idx exp own
-# ARGV sid uprefix version created updated expires ttl user n b lead nmeta [k v]* entries*
-# Write a session copied from another tier, only if absent here; expires is
-# absolute (-1: none) and a snapshot already past it is refused.
+# KEYS m h x d ob idx exp own obx
+# ARGV sid uprefix version created updated expires ttl user n b lead nmeta chan [k v]* entries*
+# Write a session copied from another tier if absent here, or over a fenced
+# copy of an older generation (then announcing it, and dropping the fenced
+# copy's outbox, which the reconciler has moved). Replies 1 written, 0 present,
+# -1 refused: the copy is of a deleted generation (created before the
+# tombstone) or already past its absolute expiry (-1: none).
 _RESTORE = r"""
-local m, h, x = KEYS[1], KEYS[2], KEYS[3]
-IX.idx, IX.exp, IX.own, IX.up = KEYS[4], KEYS[5], KEYS[6], ARGV[2]
-local sid = ARGV[1]
+local m, h, x, d, ob = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+IX.idx, IX.exp, IX.own, IX.obx, IX.up = KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[2]
+local sid, chan = ARGV[1], ARGV[13]
 local now = now_ms()
-local f = redis.call('HMGET', h, 'version', 'expires')
-if f[1] and not (f[2] and tonumber(f[2]) <= now) then return 0 end
+local f = redis.call('HMGET', h, 'version', 'expires', 'created', 'f')
+local live = f[1] and not (f[2] and tonumber(f[2]) <= now)
+if live and not f[4] then return 0 end
+if live and tonumber(ARGV[4]) <= tonumber(f[3]) then return 0 end
+local tomb = redis.call('GET', d)
+if tomb and tonumber(ARGV[4]) < tonumber(tomb) then return -1 end
 local e, ttl, user, nmeta = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[12])
-if e >= 0 and e <= now then return 0 end
+if e >= 0 and e <= now then return -1 end
 bury(m, h, x, sid)
+if live then
+  redis.call('DEL', ob)
+  redis.call('ZREM', IX.obx, sid)
+end
 local fields = {'version', ARGV[3], 'created', ARGV[4], 'updated', ARGV[5],
                 'n', ARGV[9], 'b', ARGV[10], 'lead', ARGV[11]}
 if e >= 0 then fields[#fields + 1] = 'expires'; fields[#fields + 1] = ARGV[6] end
@@ -610,14 +693,67 @@ else
   user = nil
 end
 for i = 0, nmeta - 1 do
-  fields[#fields + 1] = 'm:' .. ARGV[13 + 2 * i]
-  fields[#fields + 1] = ARGV[14 + 2 * i]
+  fields[#fields + 1] = 'm:' .. ARGV[14 + 2 * i]
+  fields[#fields + 1] = ARGV[15 + 2 * i]
 end
 hset(h, fields)
-push_raw(m, 13 + 2 * nmeta, #ARGV)
+push_raw(m, 14 + 2 * nmeta, #ARGV)
 if e >= 0 then set_expiry(m, h, x, sid, ARGV[6]) end
 touch(sid, user, ARGV[5])
+if live then publish(chan, ARGV[4], ARGV[3], sid) end
 return 1
+"""
+
+# KEYS h ob. Fence a live session: from now on writes reply 'fenced', reads
+# see it as fenced and archival leaves it, until a restore of a newer
+# generation replaces it (see TieredCore's reconciliation). Returns
+# {1, created, version, next seq, version, record, ...} (its outbox), or {0}.
+_FENCE = r"""
+local h, ob = KEYS[1], KEYS[2]
+local now = now_ms()
+local f = redis.call('HMGET', h, 'version', 'expires', 'created', 'n')
+if not f[1] or (f[2] and tonumber(f[2]) <= now) then return {0} end
+redis.call('HSET', h, 'f', '1')
+local out = {1, f[3], f[1], f[4] or '0'}
+local flat = redis.call('HGETALL', ob)
+for i = 1, #flat do out[#out + 1] = flat[i] end
+return out
+"""
+
+# KEYS h; ARGV created. Lift the fence of generation `created` (it proved current).
+_UNFENCE = r"""
+if redis.call('HGET', KEYS[1], 'created') == ARGV[1] then redis.call('HDEL', KEYS[1], 'f') end
+return 1
+"""
+
+# KEYS h ob obx; ARGV sid created version*. The archive holds these writes of
+# generation `created`: drop their outbox records (none if the session is now
+# another generation). Returns the records left.
+_ACK = r"""
+local h, ob = KEYS[1], KEYS[2]
+IX.obx = KEYS[3]
+local c = redis.call('HGET', h, 'created')
+if c ~= ARGV[2] then return redis.call('HLEN', ob) end
+for i = 3, #ARGV do redis.call('HDEL', ob, ARGV[i]) end
+local left = redis.call('HLEN', ob)
+if left == 0 then redis.call('ZREM', IX.obx, ARGV[1]) end
+return left
+"""
+
+# KEYS h ob obx; ARGV sid. The outbox of a live session: {created, version,
+# record...}, or {} (a session gone meanwhile: its outbox and index entry go too).
+_OUTBOX = r"""
+local h, ob = KEYS[1], KEYS[2]
+local f = redis.call('HMGET', h, 'version', 'created')
+if not f[1] then
+  redis.call('DEL', ob)
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return {}
+end
+local out = {f[2], f[1]}
+local flat = redis.call('HGETALL', ob)
+for i = 2, #flat, 2 do out[#out + 1] = flat[i] end
+return out
 """
 
 # KEYS zset idx exp own; ARGV wanted order has_cursor score member is_user budget uprefix
@@ -750,6 +886,10 @@ SCRIPTS: dict[str, str] = {
     "evict": _NOW + _INDEX + _EVICT,
     "fork": _NOW + _HASH + _INDEX + _FORK,
     "restore": _NOW + _HASH + _INDEX + _RESTORE,
+    "fence": _NOW + _FENCE,
+    "unfence": _UNFENCE,
+    "ack": _NOW + _INDEX + _ACK,
+    "outbox": _OUTBOX,
     "list": _NOW + _INDEX + _LIST,
     "purge": _NOW + _INDEX + _PURGE,
     "lock_release": _LOCK_RELEASE,
@@ -770,6 +910,7 @@ _STORE_OPTIONS = (
     "clock",
     "publish",
     "spill",
+    "tombstone_ttl",
 )
 
 
@@ -805,7 +946,17 @@ class Spilled(NamedTuple):
 class RedisKeys:
     """Key names of one ``prefix``/``namespace``; see the module docstring."""
 
-    __slots__ = ("channel", "exp", "idx", "namespace", "own", "prefix", "root", "user_prefix")
+    __slots__ = (
+        "channel",
+        "exp",
+        "idx",
+        "namespace",
+        "obx",
+        "own",
+        "prefix",
+        "root",
+        "user_prefix",
+    )
 
     def __init__(self, prefix: str, namespace: str) -> None:
         self.prefix = _check_part(prefix, "prefix")
@@ -816,6 +967,7 @@ class RedisKeys:
         self.idx = self.root + "idx"
         self.exp = self.root + "exp"
         self.own = self.root + "own"
+        self.obx = self.root + "obx"
         self.user_prefix = self.root + "u:"
         self.channel = self.root + "inval"
 
@@ -827,6 +979,28 @@ class RedisKeys:
 
     def spill(self, sid: str) -> str:
         return f"{self.root}{{{sid}}}:x"
+
+    def tombstone(self, sid: str) -> str:
+        return f"{self.root}{{{sid}}}:d"
+
+    def outbox(self, sid: str) -> str:
+        return f"{self.root}{{{sid}}}:o"
+
+    def writes(self, sid: str) -> list[str]:
+        """KEYS of the write scripts: the session's keys, its tombstone and
+        outbox, then the namespace indexes."""
+        tagged = f"{self.root}{{{sid}}}:"
+        return [
+            tagged + "m",
+            tagged + "h",
+            tagged + "x",
+            tagged + "d",
+            tagged + "o",
+            self.idx,
+            self.exp,
+            self.own,
+            self.obx,
+        ]
 
     def user(self, user_id: str) -> str:
         return self.user_prefix + user_id
@@ -879,6 +1053,8 @@ def _check_status(sid: str, expected: int | None, reply: Any) -> bool:
         raise VersionConflict(sid, expected, int(reply[1]))
     if status == b"missing":
         raise SessionNotFound(sid)
+    if status == b"fenced":
+        raise SessionFenced(sid)
     raise AssertionError(f"unexpected script reply {reply!r}")  # pragma: no cover
 
 
@@ -892,7 +1068,89 @@ def _receipt(reply: Any) -> WriteReceipt:
         updated_ms=int(reply[5]),
         expires_ms=_int(reply[6]),
         ttl_ms=_int(reply[7]),
+        pending=int(reply[8]) if len(reply) > 8 else 0,
     )
+
+
+def _found(sid: str, reply: Any) -> bool:
+    """Whether a read script found the session; a fenced one raises :class:`SessionFenced`."""
+    if reply[0] == 2:
+        raise SessionFenced(sid)
+    return bool(reply[0])
+
+
+def outbox_body(batch: Batch, metadata: FrozenDict | None, user_id: str | None) -> bytes:
+    """The JSON body of an outbox record for a save or an append (see :class:`OutboxRecord`)."""
+    meta = encode_json(metadata) if metadata is not None else b"null"
+    user = encode_json(user_id) if user_id is not None else b"null"
+    return b"".join(
+        (
+            b'{"k":',
+            encode_json(batch.kinds),
+            b',"p":[',
+            b",".join(batch.payloads),
+            b'],"m":',
+            meta,
+            b',"u":',
+            user,
+            b"}",
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """A write_through write kept in Redis until the archive has it.
+
+    ``op`` is ``a`` (append), ``s`` (save) or ``m`` (metadata merge);
+    ``receipt`` says where it landed; for ``a``/``s``, ``batch`` holds its
+    messages and ``metadata``/``user_id`` a save's; for ``m``, ``metadata``
+    is the merged metadata after the write.
+    """
+
+    op: str
+    receipt: WriteReceipt
+    batch: Batch
+    metadata: FrozenDict | None
+    user_id: str | None
+
+    @classmethod
+    def parse(cls, raw: bytes) -> OutboxRecord:
+        head, _, body = raw.partition(b"\n")
+        op, version, first, nxt, created, updated, expires, ttl = head.split(b" ")
+        receipt = WriteReceipt(
+            version=int(version),
+            first_seq=int(first),
+            next_seq=int(nxt),
+            created_ms=int(created),
+            updated_ms=int(updated),
+            expires_ms=None if expires == b"-1" else int(expires),
+            ttl_ms=None if ttl == b"-1" else int(ttl),
+        )
+        decoded = decode_json(body)
+        if op == b"m":
+            return cls("m", receipt, EMPTY_BATCH, FrozenDict(decoded), None)
+        messages = tuple(Message.of(m) for m in decoded["p"])
+        payloads = tuple(encode_json(m) for m in messages)
+        batch = Batch(messages, payloads, decoded["k"], sum(map(len, payloads)))
+        meta = decoded["m"]
+        return cls(
+            op.decode(),
+            receipt,
+            batch,
+            FrozenDict(meta) if meta is not None else None,
+            decoded["u"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Fenced:
+    """A session :meth:`RedisStore.fence` froze: its generation and outbox."""
+
+    created_ms: int
+    version: int
+    next_seq: int
+    records: list[OutboxRecord]
 
 
 def _messages(entries: Sequence[bytes]) -> list[Message]:
@@ -961,8 +1219,10 @@ class RedisOps:
         spill: bool = False,
         default_ttl_ms: int | None = None,
         limits: Limits | None = None,
+        tombstone_ms: int = int(DEFAULT_TOMBSTONE_TTL * 1000),
     ) -> None:
         self.keys = keys
+        self.tombstone_ms = tombstone_ms
         self.limits = limits or Limits()
         self.max_messages = max_messages
         self.sliding_ttl = sliding_ttl
@@ -982,6 +1242,7 @@ class RedisOps:
         user_id: str | None,
         expected_version: int | None,
         create: bool = True,
+        outbox: bool = False,
     ) -> Plan[WriteReceipt | None]:
         kinds, payloads = batch.kinds, batch.payloads
         lead, drop = plan_trim(kinds, self.max_messages)
@@ -1003,13 +1264,14 @@ class RedisOps:
             lead,
             drop,
             _flag(self.spill),
+            outbox_body(batch, metadata, user_id) if outbox else b"",
         ]
         if metadata is not None:
             for key, value in metadata.items():
                 args.append(key)
                 args.append(encode_json(value))
         args.extend(payloads)
-        reply = yield Call("save", [*k.session(sid), k.idx, k.exp, k.own], args)
+        reply = yield Call("save", k.writes(sid), args)
         return _receipt(reply) if _check_status(sid, expected_version, reply) else None
 
     def append(
@@ -1020,6 +1282,7 @@ class RedisOps:
         ttl_ms: int | None,
         expected_version: int | None,
         create: bool = True,
+        outbox: bool = False,
     ) -> Plan[WriteReceipt | None]:
         k = self.keys
         args: list[str | bytes | int] = [
@@ -1032,9 +1295,10 @@ class RedisOps:
             _flag(create),
             self.channel,
             _flag(self.spill),
+            outbox_body(batch, None, None) if outbox else b"",
             *batch.payloads,
         ]
-        reply = yield Call("append", [*k.session(sid), k.idx, k.exp, k.own], args)
+        reply = yield Call("append", k.writes(sid), args)
         return _receipt(reply) if _check_status(sid, expected_version, reply) else None
 
     def save_version(
@@ -1075,15 +1339,16 @@ class RedisOps:
         return merged
 
     def merge_metadata(
-        self, sid: str, updates: FrozenDict
+        self, sid: str, updates: FrozenDict, outbox: bool = False
     ) -> Plan[tuple[FrozenDict, WriteReceipt]]:
-        args: list[str | bytes | int] = [sid, self.keys.user_prefix, self.channel]
+        k = self.keys
+        args: list[str | bytes | int] = [sid, k.user_prefix, self.channel, _flag(outbox)]
         for key, value in updates.items():
             args.append(key)
             args.append(b"" if value is None else encode_json(value))
-        reply = yield Call("merge", [self.keys.meta(sid), self.keys.idx], args)
+        reply = yield Call("merge", [k.meta(sid), k.outbox(sid), k.obx, k.idx], args)
         _check_status(sid, None, reply)
-        # {'ok', version, created, updated, expires, ttl, n, key, json, ...}
+        # {'ok', version, created, updated, expires, ttl, n, pending, key, json, ...}
         n = int(reply[6])
         receipt = WriteReceipt(
             version=int(reply[1]),
@@ -1093,21 +1358,63 @@ class RedisOps:
             updated_ms=int(reply[3]),
             expires_ms=_int(reply[4]),
             ttl_ms=_int(reply[5]),
+            pending=int(reply[7]),
         )
-        return _metadata(reply, 7), receipt
+        return _metadata(reply, 8), receipt
 
     def delete(self, sid: str) -> Plan[bool]:
+        existed, _ = yield from self.delete_tombstoned(sid, 0)
+        return existed
+
+    def delete_tombstoned(self, sid: str, floor_ms: int) -> Plan[tuple[bool, int]]:
+        """Delete, leaving a tombstone no earlier than ``floor_ms``: ``(existed, tombstone)``."""
         k = self.keys
         reply = yield Call(
-            "delete", [*k.session(sid), k.idx, k.exp, k.own], [sid, k.user_prefix, self.channel]
+            "delete",
+            k.writes(sid),
+            [sid, k.user_prefix, self.channel, self.tombstone_ms, floor_ms],
         )
-        return bool(reply)
+        return bool(reply[0]), int(reply[1])
+
+    def fence(self, sid: str) -> Plan[Fenced | None]:
+        reply = yield Call("fence", [self.keys.meta(sid), self.keys.outbox(sid)], [])
+        if not reply[0]:
+            return None
+        records = sorted(
+            (OutboxRecord.parse(reply[i + 1]) for i in range(4, len(reply) - 1, 2)),
+            key=_version_of,
+        )
+        return Fenced(int(reply[1]), int(reply[2]), int(reply[3]), records)
+
+    def unfence(self, sid: str, created_ms: int) -> Plan[None]:
+        yield Call("unfence", [self.keys.meta(sid)], [created_ms])
+
+    def outbox_records(self, sid: str) -> Plan[tuple[int, list[OutboxRecord]]]:
+        """``(created_ms, records oldest first)`` of the session's outbox (``(0, [])``: none)."""
+        k = self.keys
+        reply = yield Call("outbox", [k.meta(sid), k.outbox(sid), k.obx], [sid])
+        if not reply:
+            return 0, []
+        records = sorted((OutboxRecord.parse(raw) for raw in reply[2:]), key=_version_of)
+        return int(reply[0]), records
+
+    def outbox_ack(self, sid: str, created_ms: int, versions: Sequence[int]) -> Plan[int]:
+        k = self.keys
+        reply = yield Call(
+            "ack", [k.meta(sid), k.outbox(sid), k.obx], [sid, created_ms, *versions]
+        )
+        return int(reply)
+
+    def outbox_sessions(self, limit: int) -> Plan[list[str]]:
+        """Up to ``limit`` sessions holding outbox records, oldest record first."""
+        replies = yield Commands([("ZRANGE", self.keys.obx, 0, limit - 1)])
+        return [sid.decode() for sid in replies[0]]
 
     def evict(self, sid: str, created_ms: int, version: int) -> Plan[bool]:
         k = self.keys
         reply = yield Call(
             "evict",
-            [*k.session(sid), k.idx, k.exp, k.own],
+            [*k.session(sid), k.outbox(sid), k.idx, k.exp, k.own],
             [sid, k.user_prefix, str(created_ms), str(version)],
         )
         return bool(reply)
@@ -1116,7 +1423,7 @@ class RedisOps:
         k = self.keys
         reply = yield Call(
             "fork",
-            [*k.session(src), *k.session(dst), k.idx, k.exp, k.own],
+            [*k.session(src), *k.session(dst), k.idx, k.exp, k.own, k.tombstone(dst)],
             [src, dst, k.user_prefix, _ttl(ttl_ms or self.default_ttl_ms), self.channel],
         )
         if reply[0] == b"exists":
@@ -1124,7 +1431,8 @@ class RedisOps:
         _check_status(src, None, reply)
         return int(reply[1])
 
-    def restore(self, snapshot: Snapshot) -> Plan[bool]:
+    def restore(self, snapshot: Snapshot) -> Plan[int]:
+        """1 written, 0 present here, -1 refused (a deleted generation, or expired)."""
         sid = check_session_id(snapshot.sid, self.limits)
         count = len(snapshot.messages)
         if len(snapshot.seqs) != count or len(snapshot.kinds) != count:
@@ -1145,6 +1453,7 @@ class RedisOps:
             snapshot.base_seq,
             leading_system(snapshot.kinds),
             len(snapshot.metadata),
+            self.channel,
         ]
         for key, value in snapshot.metadata.items():
             args.append(key)
@@ -1157,8 +1466,8 @@ class RedisOps:
                 snapshot.kinds, snapshot.seqs, snapshot.messages, strict=True
             )
         )
-        reply = yield Call("restore", [*k.session(sid), k.idx, k.exp, k.own], args)
-        return bool(reply)
+        reply = yield Call("restore", k.writes(sid), args)
+        return int(reply)
 
     def drain_spill(self, sid: str, upto_seq: int, created_ms: int | None) -> Plan[int]:
         reply = yield Call(
@@ -1181,7 +1490,7 @@ class RedisOps:
 
     def load(self, sid: str, last: int | None) -> Plan[list[Message]]:
         reply = yield from self._read(sid, "load", last, self.sliding_ttl)
-        if not reply[0]:
+        if not _found(sid, reply):
             raise SessionNotFound(sid)
         return _messages(reply[1])
 
@@ -1189,7 +1498,7 @@ class RedisOps:
         if last is not None and last < 0:
             raise InvalidInput(f"last must be a non-negative integer, got {last!r}")
         reply = yield from self._read(sid, "get", last, refresh)
-        if not reply[0]:
+        if not _found(sid, reply):
             return None
         return _snapshot(sid, reply[1], reply[2], reply[3])
 
@@ -1201,13 +1510,13 @@ class RedisOps:
 
     def count(self, sid: str) -> Plan[int]:
         reply = yield from self._read(sid, "count", None)
-        if not reply[0]:
+        if not _found(sid, reply):
             raise SessionNotFound(sid)
         return int(reply[1])
 
     def exists(self, sid: str) -> Plan[bool]:
         reply = yield from self._read(sid, "exists", None)
-        return bool(reply[0])
+        return _found(sid, reply)
 
     def exists_many(self, sids: Sequence[str]) -> Plan[list[bool]]:
         sids = [check_session_id(sid, self.limits) for sid in sids]
@@ -1224,9 +1533,7 @@ class RedisOps:
             for version, expires in replies[1:]
         ]
 
-    def history_page(
-        self, sid: str, before: int | None, limit: int
-    ) -> Plan[list[tuple[int, Message]] | None]:
+    def history_page(self, sid: str, before: int | None, limit: int) -> Plan[HistoryPart | None]:
         check_limit(limit, maximum=100_000)
         k = self.keys
         reply = yield Call(
@@ -1235,7 +1542,8 @@ class RedisOps:
         if not reply[0]:
             return None
         entries = sorted(((entry_seq(e), e) for e in (*reply[1], *reply[2])), key=_first)
-        return [(seq, decode_message(entry_payload(e))) for seq, e in entries[-limit:]]
+        pairs = [(seq, decode_message(entry_payload(e))) for seq, e in entries[-limit:]]
+        return HistoryPart(int(reply[3]), int(reply[4]), pairs)
 
     def spilled(self, sid: str, limit: int | None) -> Plan[list[Spilled]]:
         if limit is not None:
@@ -1324,6 +1632,10 @@ def _first(pair: tuple[int, bytes]) -> int:
     return pair[0]
 
 
+def _version_of(record: OutboxRecord) -> int:
+    return record.receipt.version
+
+
 # -- the shells ----------------------------------------------------------------
 
 
@@ -1353,6 +1665,7 @@ class RedisShared(StoreCore):
         prefix: str,
         publish: bool,
         spill: bool,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
     ) -> None:
         if sum(x is not None for x in (client, url, connection_pool)) > 1:
             raise InvalidInput("pass at most one of client, url and connection_pool")
@@ -1381,6 +1694,7 @@ class RedisShared(StoreCore):
             spill=spill,
             default_ttl_ms=self.default_ttl_ms,
             limits=self.limits,
+            tombstone_ms=_tombstone_ms(tombstone_ttl),
         )
         self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
 
@@ -1413,6 +1727,14 @@ class RedisShared(StoreCore):
         return self  # the lock_* methods below
 
 
+def _tombstone_ms(seconds: object) -> int:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+        raise InvalidInput(f"tombstone_ttl must be a non-negative number, got {seconds!r}")
+    if seconds * 1000 > MAX_TTL_MS:
+        raise InvalidInput(f"tombstone_ttl must be at most {MAX_TTL_MS // 1000} seconds")
+    return int(seconds * 1000)
+
+
 def _unavailable(exc: RedisError) -> BackendUnavailable:
     return BackendUnavailable("redis", str(exc) or type(exc).__name__)
 
@@ -1442,6 +1764,7 @@ class RedisStore(RedisShared, BaseStore):
         prefix: str = "ts",
         publish: bool = True,
         spill: bool = False,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -1453,6 +1776,7 @@ class RedisStore(RedisShared, BaseStore):
             prefix=prefix,
             publish=publish,
             spill=spill,
+            tombstone_ttl=tombstone_ttl,
         )
 
     # -- the I/O shell ------------------------------------------------------
@@ -1550,9 +1874,11 @@ class RedisStore(RedisShared, BaseStore):
         user_id: str | None,
         expected_version: int | None,
         create: bool = True,
+        outbox: bool = False,
     ) -> WriteReceipt | None:
         """``save`` returning where its messages landed; ``None`` (nothing written)
-        when ``create=False`` and the session is missing here."""
+        when ``create=False`` and the session is missing here. ``outbox`` keeps
+        the write in the session's outbox until :meth:`outbox_ack`."""
         return self._drive(
             self._ops.save(
                 self._sid(sid),
@@ -1562,6 +1888,7 @@ class RedisStore(RedisShared, BaseStore):
                 user_id=user_id,
                 expected_version=expected_version,
                 create=create,
+                outbox=outbox,
             )
         )
 
@@ -1573,6 +1900,7 @@ class RedisStore(RedisShared, BaseStore):
         ttl_ms: int | None,
         expected_version: int | None,
         create: bool = True,
+        outbox: bool = False,
     ) -> WriteReceipt | None:
         """``append`` returning where its messages landed; ``None`` (nothing written)
         when ``create=False`` and the session is missing here."""
@@ -1583,15 +1911,46 @@ class RedisStore(RedisShared, BaseStore):
                 ttl_ms=ttl_ms,
                 expected_version=expected_version,
                 create=create,
+                outbox=outbox,
             )
         )
 
     def write_merge_metadata(
-        self, sid: str, updates: FrozenDict
+        self, sid: str, updates: FrozenDict, *, outbox: bool = False
     ) -> tuple[FrozenDict, WriteReceipt]:
         """``merge_metadata`` returning the merged metadata and a receipt
         (``first_seq == next_seq``: no message was written)."""
-        return self._drive(self._ops.merge_metadata(self._sid(sid), updates))
+        return self._drive(self._ops.merge_metadata(self._sid(sid), updates, outbox))
+
+    def write_delete(self, sid: str, *, floor_ms: int = 0) -> tuple[bool, int]:
+        """Delete and leave a tombstone (see the module docstring): ``(existed, tombstone_ms)``.
+
+        Copies of every generation created before the tombstone are refused
+        by :meth:`restore`; a new generation is created at or after it.
+        """
+        return self._drive(self._ops.delete_tombstoned(self._sid(sid), floor_ms))
+
+    def fence(self, sid: str) -> Fenced | None:
+        """Freeze the session for reconciliation (writes then raise
+        :class:`SessionFenced`); its generation and outbox, or ``None`` if missing."""
+        return self._drive(self._ops.fence(self._sid(sid)))
+
+    def unfence(self, sid: str, created_ms: int) -> None:
+        """Lift the fence of generation ``created_ms`` (reconciliation found it current)."""
+        self._drive(self._ops.unfence(self._sid(sid), created_ms))
+
+    def outbox_records(self, sid: str) -> tuple[int, list[OutboxRecord]]:
+        """The session's generation and its outbox records, oldest first."""
+        return self._drive(self._ops.outbox_records(self._sid(sid)))
+
+    def outbox_ack(self, sid: str, created_ms: int, versions: Sequence[int]) -> int:
+        """Drop the outbox records of these versions of generation ``created_ms``
+        (the archive holds them); how many records are left."""
+        return self._drive(self._ops.outbox_ack(self._sid(sid), created_ms, versions))
+
+    def outbox_sessions(self, limit: int = 1000) -> list[str]:
+        """Sessions holding outbox records, the longest-waiting first."""
+        return self._drive(self._ops.outbox_sessions(check_limit(limit)))
 
     def snapshot(
         self, sid: str, last: int | None = None, *, refresh: bool = False
@@ -1608,16 +1967,21 @@ class RedisStore(RedisShared, BaseStore):
 
         Seqs, kinds, version, times, user, metadata, next/base seq and the
         absolute expiry are kept as given; nothing is trimmed. No invalidation
-        is published: the logical state did not change.
+        is published: the logical state did not change. A copy of a generation
+        created before the session's tombstone is refused.
         """
+        return self._drive(self._ops.restore(snapshot)) == 1
+
+    def promote(self, snapshot: Snapshot) -> int:
+        """:meth:`restore`, also over a fenced copy of an older generation:
+        1 written, 0 present, -1 refused (deleted generation, or expired)."""
         return self._drive(self._ops.restore(snapshot))
 
-    def history_page(
-        self, sid: str, before: int | None, limit: int
-    ) -> list[tuple[int, Message]] | None:
+    def history_page(self, sid: str, before: int | None, limit: int) -> HistoryPart | None:
         """The newest ``limit`` messages with seq below ``before`` (any when
         ``None``), window and spill list together, oldest first, as
-        ``(seq, message)``; ``None`` if the session is missing. One round trip."""
+        ``(seq, message)`` with the generation and base seq; ``None`` if the
+        session is missing (or fenced). One round trip."""
         return self._drive(self._ops.history_page(self._sid(sid), before, limit))
 
     def list_keys(
@@ -1716,6 +2080,7 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
         prefix: str = "ts",
         publish: bool = True,
         spill: bool = False,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -1727,6 +2092,7 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
             prefix=prefix,
             publish=publish,
             spill=spill,
+            tombstone_ttl=tombstone_ttl,
         )
 
     # -- the I/O shell ------------------------------------------------------
@@ -1823,6 +2189,7 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
         user_id: str | None,
         expected_version: int | None,
         create: bool = True,
+        outbox: bool = False,
     ) -> WriteReceipt | None:
         """See :meth:`RedisStore.write_save`."""
         return await self._drive(
@@ -1834,6 +2201,7 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
                 user_id=user_id,
                 expected_version=expected_version,
                 create=create,
+                outbox=outbox,
             )
         )
 
@@ -1845,6 +2213,7 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
         ttl_ms: int | None,
         expected_version: int | None,
         create: bool = True,
+        outbox: bool = False,
     ) -> WriteReceipt | None:
         """See :meth:`RedisStore.write_append`."""
         return await self._drive(
@@ -1854,14 +2223,39 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
                 ttl_ms=ttl_ms,
                 expected_version=expected_version,
                 create=create,
+                outbox=outbox,
             )
         )
 
     async def write_merge_metadata(
-        self, sid: str, updates: FrozenDict
+        self, sid: str, updates: FrozenDict, *, outbox: bool = False
     ) -> tuple[FrozenDict, WriteReceipt]:
         """See :meth:`RedisStore.write_merge_metadata`."""
-        return await self._drive(self._ops.merge_metadata(self._sid(sid), updates))
+        return await self._drive(self._ops.merge_metadata(self._sid(sid), updates, outbox))
+
+    async def write_delete(self, sid: str, *, floor_ms: int = 0) -> tuple[bool, int]:
+        """See :meth:`RedisStore.write_delete`."""
+        return await self._drive(self._ops.delete_tombstoned(self._sid(sid), floor_ms))
+
+    async def fence(self, sid: str) -> Fenced | None:
+        """See :meth:`RedisStore.fence`."""
+        return await self._drive(self._ops.fence(self._sid(sid)))
+
+    async def unfence(self, sid: str, created_ms: int) -> None:
+        """See :meth:`RedisStore.unfence`."""
+        await self._drive(self._ops.unfence(self._sid(sid), created_ms))
+
+    async def outbox_records(self, sid: str) -> tuple[int, list[OutboxRecord]]:
+        """See :meth:`RedisStore.outbox_records`."""
+        return await self._drive(self._ops.outbox_records(self._sid(sid)))
+
+    async def outbox_ack(self, sid: str, created_ms: int, versions: Sequence[int]) -> int:
+        """See :meth:`RedisStore.outbox_ack`."""
+        return await self._drive(self._ops.outbox_ack(self._sid(sid), created_ms, versions))
+
+    async def outbox_sessions(self, limit: int = 1000) -> list[str]:
+        """See :meth:`RedisStore.outbox_sessions`."""
+        return await self._drive(self._ops.outbox_sessions(check_limit(limit)))
 
     async def snapshot(
         self, sid: str, last: int | None = None, *, refresh: bool = False
@@ -1871,11 +2265,13 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
 
     async def restore(self, snapshot: Snapshot) -> bool:
         """See :meth:`RedisStore.restore`."""
+        return await self._drive(self._ops.restore(snapshot)) == 1
+
+    async def promote(self, snapshot: Snapshot) -> int:
+        """See :meth:`RedisStore.promote`."""
         return await self._drive(self._ops.restore(snapshot))
 
-    async def history_page(
-        self, sid: str, before: int | None, limit: int
-    ) -> list[tuple[int, Message]] | None:
+    async def history_page(self, sid: str, before: int | None, limit: int) -> HistoryPart | None:
         """See :meth:`RedisStore.history_page`."""
         return await self._drive(self._ops.history_page(self._sid(sid), before, limit))
 

@@ -12,9 +12,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tieredstore.core import from_ms
+from tieredstore.errors import TieredStoreError
 from tieredstore.model import FrozenDict, Message, Session, Tier
 
-__all__ = ["Snapshot", "WriteReceipt"]
+__all__ = ["HistoryPart", "SessionFenced", "Snapshot", "WriteReceipt"]
+
+DEFAULT_TOMBSTONE_TTL = 86_400.0
+"""How long a delete's tombstone outlives it (seconds), in Redis and the archive."""
+
+
+class SessionFenced(TieredStoreError):
+    """A tier's copy of the session is fenced: the archive accepted writes while
+    Redis was unreachable, and the Redis copy must be reconciled before use.
+
+    ``TieredStore`` handles it (it reconciles and retries); it never reaches
+    callers of the public API.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} is being reconciled")
+        self.session_id = session_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +50,18 @@ class WriteReceipt:
     updated_ms: int
     expires_ms: int | None
     ttl_ms: int | None
+    pending: int = 0
+    """Outbox records the session holds after this write (write_through)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPart:
+    """One tier's part of a history page: the generation and history start it
+    belongs to, and ``(seq, message)`` pairs, oldest first."""
+
+    created_ms: int
+    base_seq: int
+    pairs: list[tuple[int, Message]]
 
 
 @dataclass(frozen=True, slots=True)

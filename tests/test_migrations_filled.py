@@ -1,4 +1,4 @@
-"""Migration 0002 (search indexes) upgrades a filled 0001 archive and keeps every row."""
+"""Migrations 0002 (search) and 0003 (generations) upgrade a filled archive, keeping rows."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def _rows(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
-def test_upgrade_filled_archive_keeps_every_row(url: str) -> None:
-    migrate(url, "0001")
-    assert current_revision(url) == "0001"
+def _fill(url: str) -> None:
+    """Thirty sessions written by today's code, then the schema taken back to 0001."""
+    migrate(url)
     store = ArchiveStore.from_url(url, namespace="legacy")
     for i in range(30):
         store.save(f"s{i}", [
@@ -47,14 +47,19 @@ def test_upgrade_filled_archive_keeps_every_row(url: str) -> None:
              "text": "in transit"}]},
         ], user_id=f"u{i % 3}", metadata={"channel": "web", "n": i})
     store.close()
+    downgrade(url, "0001")
+    assert current_revision(url) == "0001"
+
+
+def test_upgrade_filled_archive_keeps_every_row(url: str) -> None:
+    _fill(url)
     engine = sa.create_engine(normalize_url(url))
     try:
         before = _rows(engine)
         assert len(before[MESSAGES]) == 120
-        migrate(url)
+        migrate(url, "0002")
         assert current_revision(url) == "0002"
         assert _rows(engine) == before
-        check(url)
         if engine.dialect.name == "postgresql":
             indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes(MESSAGES)}
             assert FTS_INDEX in indexes
@@ -64,7 +69,34 @@ def test_upgrade_filled_archive_keeps_every_row(url: str) -> None:
         assert len(query.search("transit", limit=100)) == 30
         downgrade(url, "0001")
         assert _rows(engine) == before
-        migrate(url)
+        migrate(url, "0002")
         assert _rows(engine) == before
+    finally:
+        engine.dispose()
+
+
+def test_0003_keeps_every_row_and_adds_generation_columns(url: str) -> None:
+    _fill(url)
+    migrate(url, "0002")
+    engine = sa.create_engine(normalize_url(url))
+    try:
+        before = _rows(engine)
+        migrate(url)
+        assert current_revision(url) == "0003"
+        check(url)
+        after = _rows(engine)
+        assert after[MESSAGES] == before[MESSAGES]
+        # every session row keeps its values; the new columns start empty
+        assert [row[: len(before[SESSIONS][0])] for row in after[SESSIONS]] == before[SESSIONS]
+        with engine.connect() as conn:
+            extra = conn.execute(
+                sa.text(f"SELECT DISTINCT deleted_ms, detached FROM {SESSIONS}")
+            ).all()
+        assert [(d, bool(x)) for d, x in extra] == [(None, False)]
+        store = ArchiveStore(engine, namespace="legacy")
+        assert len(store.load("s7")) == 4
+        assert store.delete("s7") and not store.exists("s7")
+        downgrade(url, "0002")
+        assert _rows(engine)[MESSAGES] == [m for m in before[MESSAGES] if m[1] != "s7"]
     finally:
         engine.dispose()
