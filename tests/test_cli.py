@@ -181,7 +181,9 @@ def test_errors_are_one_line_with_nonzero_exit(cli: Cli) -> None:
     missing = cli.run("show", "no-such-session")
     assert missing.returncode == 3
     assert missing.stderr.strip() == "Error: session not found: 'no-such-session'"
-    dead_redis = cli.run("list", env={"TIEREDSTORE_REDIS_URL": "redis://127.0.0.1:1/0"})
+    # (in write_through mode `list` would fall back to the archive; archive mode cannot)
+    dead_redis = cli.run("list", env={"TIEREDSTORE_REDIS_URL": "redis://127.0.0.1:1/0",
+                                      "TIEREDSTORE_DURABILITY": "archive"})
     assert dead_redis.returncode == 1
     assert len(dead_redis.stderr.strip().splitlines()) == 1, dead_redis.stderr
     assert "unavailable" in dead_redis.stderr
