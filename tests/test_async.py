@@ -13,7 +13,7 @@ import ast
 import asyncio
 import gc
 import inspect
-import logging
+import socket
 import textwrap
 import time
 import uuid
@@ -25,8 +25,10 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import sqlalchemy as sa
 
 from tests.conftest import REDIS_URL
+from tests.loopwatch import LoopWatch, loop_watch
 from tieredstore import BackendUnavailable, LockTimeout, SessionNotFound
 from tieredstore.aio import AsyncBaseStore, AsyncMemoryStore, AsyncTieredStore
 from tieredstore.base import BaseStore
@@ -113,13 +115,17 @@ def test_200_tasks_append_to_20_sessions(tiered: Any) -> None:
 
 
 @pytest.mark.parametrize("tiered", CONFIGS, indirect=True)
-def test_no_call_blocks_the_event_loop(tiered: Any, caplog: pytest.LogCaptureFixture) -> None:
-    """asyncio debug mode logs every step that holds the loop longer than 50 ms.
+def test_no_call_blocks_the_event_loop(tiered: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No call of the async API makes a blocking call on the loop's thread.
 
-    The objects the test process already holds (pytest, hypothesis, SQLAlchemy,
-    ...) are frozen out of the garbage collector first: a full collection over
-    that heap pauses the whole process for ~60 ms whatever runs, which is not
-    a call blocking the loop (servers use ``gc.freeze()`` for the same reason).
+    :mod:`tests.loopwatch` records every blocking primitive (sleep, blocking
+    socket I/O, name resolution, sync psycopg, sqlite3, thread waits) called on
+    the loop thread, and each loop step's CPU time (``time.thread_time``):
+    neither depends on how loaded the machine is. A step may spend at most
+    100 ms of CPU (the slowest, closing the store's pools, takes ~15 ms; garbage
+    collections are not charged to steps). The objects the test process already holds are frozen out
+    of the garbage collector, so a full collection over pytest's heap is not
+    charged to a step (servers use ``gc.freeze()`` for the same reason).
     """
 
     async def session_work(store: AsyncTieredStore, n: int) -> None:
@@ -142,21 +148,55 @@ def test_no_call_blocks_the_event_loop(tiered: Any, caplog: pytest.LogCaptureFix
             await store.exists(sid)
         await store.delete(f"{sid}-fork")
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        loop.slow_callback_duration = 0.05
-        async with tiered() as store:
-            await asyncio.gather(*(session_work(store, n) for n in range(40)))
+    async def main(watch: LoopWatch) -> None:
+        with watch.watching():
+            async with tiered() as store:
+                await asyncio.gather(*(session_work(store, n) for n in range(40)))
 
     gc.collect()
     gc.freeze()
     try:
-        with caplog.at_level(logging.WARNING, logger="asyncio"):
-            asyncio.run(main(), debug=True)
+        with loop_watch(monkeypatch) as watch:
+            asyncio.run(main(watch), debug=True)  # debug: also checks thread-safety
     finally:
         gc.unfreeze()
-    slow = [r.getMessage() for r in caplog.records if "Executing" in r.getMessage()]
-    assert not slow, slow
+    cpu, step = watch.slowest_step
+    print(f"{watch.steps} loop steps, {watch.step_cpu_total:.2f} s CPU, slowest "
+          f"{cpu * 1000:.1f} ms CPU: {step[:150]}")
+    assert watch.steps > 1000  # the watch saw the work
+    assert watch.blocking == []
+    assert cpu < 0.1, step
+
+
+def test_the_loop_watch_sees_blocking_calls(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch of the test above catches each kind of blocking call (not a vacuous check)."""
+    import concurrent.futures
+    import sqlite3
+
+    import psycopg
+
+    dsn = sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def main(watch: LoopWatch) -> None:
+        with watch.watching():
+            await asyncio.sleep(0.001)  # fine
+            time.sleep(0.001)
+            redis.Redis.from_url(REDIS_URL).ping()
+            with psycopg.connect(dsn) as conn:
+                conn.execute("SELECT 1")
+            sqlite3.connect(":memory:").close()
+            socket.getaddrinfo("127.0.0.1", 6379)
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(time.sleep, 0.001).result()
+            sum(i * i for i in range(3_000_000))  # a step computing for long
+
+    with loop_watch(monkeypatch) as watch:
+        asyncio.run(main(watch))
+    kinds = {entry.split(" ")[0] for entry in watch.blocking}
+    assert kinds >= {"time.sleep", "socket.connect", "socket.sendall", "socket.recv_into",
+                     "psycopg.waiting.wait_conn", "psycopg.waiting.wait", "sqlite3.connect",
+                     "socket.getaddrinfo", "threading.Condition.wait"}, watch.blocking
+    assert watch.slowest_step[0] > 0.05
 
 
 def test_invalidation_task_keeps_memory_tiers_coherent(

@@ -49,8 +49,8 @@ class Cli:
                               input=input, env={**self.env, **(env or {})}, cwd=ROOT,
                               timeout=120)
 
-    def json(self, *args: str) -> Any:
-        done = self.run(*args, "--json")
+    def json(self, *args: str, env: dict[str, str] | None = None) -> Any:
+        done = self.run(*args, "--json", env=env)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -152,6 +152,25 @@ def test_export_import(cli: Cli, tmp_path: Path) -> None:
     assert erased.returncode == 0, erased.stderr
     assert cli.run("export", "--user", "alice").returncode == 0
     assert cli.run("export").returncode == 2  # usage error
+
+
+def test_import_error_names_the_line(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "alice.jsonl"
+    assert cli.run("export", "--user", "alice", "-o", str(path)).returncode == 0
+    lines = path.read_bytes().splitlines(keepends=True)
+    bad = json.loads(lines[2])
+    bad["session_id"] = "c 1"
+    spoiled = tmp_path / "spoiled.jsonl"
+    spoiled.write_bytes(b"".join([*lines[:2], json.dumps(bad).encode() + b"\n", *lines[3:]]))
+    other = {"TIEREDSTORE_NAMESPACE": f"cli-bad-{uuid.uuid4().hex[:8]}"}
+    done = cli.run("import", str(spoiled), env=other)
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: line 3: ") and done.stderr.count("\n") == 1, done.stderr
+    assert cli.json("list", "--archive", env=other)["sessions"] == []  # nothing imported
+    huge = tmp_path / "huge.jsonl"
+    huge.write_bytes(lines[0] + b'{"type":"message","x":"' + b"x" * (9 * 2**20) + b'"}\n')
+    done = cli.run("import", str(huge), env=other)
+    assert done.returncode == 1 and done.stderr.startswith("Error: line 2: "), done.stderr
 
 
 def test_erase_confirmation_and_report(cli: Cli) -> None:

@@ -329,7 +329,11 @@ def export_command(user_id: str | None, session_ids: tuple[str, ...], output: IO
 @click.argument("source", type=click.File("rb"))
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def import_command(source: IO[bytes], as_json: bool) -> None:
-    """Load an export (JSON lines) into the archive; existing sessions abort it."""
+    """Load an export (JSON lines) into the archive: all of it or, on any error, nothing.
+
+    A bad line, or a session that already exists, stops the import with one
+    error line naming the line number (exit code 1).
+    """
     with _store() as store, _progress("importing", True) as update:
         report = _archive(store).import_jsonl(source, progress=update)
     if as_json:

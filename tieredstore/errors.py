@@ -10,7 +10,10 @@
     ├── InvalidInput             bad input, rejected before anything is written
     │   ├── InvalidSessionId     malformed session or user id
     │   ├── InvalidMessage       not a JSON object with a string ``role``
-    │   └── PayloadTooLarge      a message, call or metadata blob over its limit
+    │   ├── PayloadTooLarge      a message, call or metadata blob over its limit
+    │   └── InvalidRecord        a line of an import file is bad (``.line``)
+    │       └── RecordTooLarge   ... because it or its message is too large
+    │                            (also a PayloadTooLarge)
     └── BackendUnavailable       Redis / the database could not be reached
         │                        (the driver's exception is ``__cause__``)
         └── SchemaNotReady       the archive tables are missing or out of date
@@ -25,9 +28,11 @@ __all__ = [
     "BackendUnavailable",
     "InvalidInput",
     "InvalidMessage",
+    "InvalidRecord",
     "InvalidSessionId",
     "LockTimeout",
     "PayloadTooLarge",
+    "RecordTooLarge",
     "SchemaNotReady",
     "SessionExists",
     "SessionNotFound",
@@ -52,11 +57,16 @@ class SessionNotFound(TieredStoreError, KeyError):
 
 
 class SessionExists(TieredStoreError):
-    """A session that must not exist yet (for example a fork target) exists."""
+    """A session that must not exist yet (for example a fork target) exists.
 
-    def __init__(self, session_id: str) -> None:
-        super().__init__(f"session already exists: {session_id!r}")
+    ``line`` is the line of an import file that tried to create it, if any.
+    """
+
+    def __init__(self, session_id: str, line: int | None = None) -> None:
+        where = f"line {line}: " if line is not None else ""
+        super().__init__(f"{where}session already exists: {session_id!r}")
         self.session_id = session_id
+        self.line = line
 
 
 class VersionConflict(TieredStoreError):
@@ -87,6 +97,23 @@ class InvalidMessage(InvalidInput):
 
 class PayloadTooLarge(InvalidInput):
     """A message, a call, or a metadata object exceeds its configured limit."""
+
+
+class InvalidRecord(InvalidInput):
+    """A line of an import file is not a valid export record; nothing was imported.
+
+    ``line`` is its number (from 1); the validator's own error, if one
+    rejected it, is ``__cause__``.
+    """
+
+    def __init__(self, line: int, detail: str) -> None:
+        super().__init__(f"line {line}: {detail}")
+        self.line = line
+        self.detail = detail
+
+
+class RecordTooLarge(InvalidRecord, PayloadTooLarge):
+    """An import line, or the message or metadata on it, is over its limit."""
 
 
 class BackendUnavailable(TieredStoreError, ConnectionError):

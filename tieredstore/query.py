@@ -45,7 +45,7 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, TypeVar
@@ -55,8 +55,18 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from tieredstore.codec import encode_json
+from tieredstore.config import Limits
+from tieredstore.core import check_session_id, check_user_id
 from tieredstore.errors import BackendUnavailable, InvalidInput, SessionExists
-from tieredstore.policy import message_kind
+from tieredstore.jsonl import (
+    MESSAGE_COLUMNS,
+    ExportLines,
+    ImportReader,
+    ImportSource,
+    MessageRow,
+    SessionRow,
+)
+from tieredstore.jsonl import json_object as _json_dict
 from tieredstore.schema import DEFAULT_FTS_LANGUAGE, FTS_INDEX, normalize_url
 from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import sessions as SESSIONS
@@ -84,6 +94,7 @@ TimeLike = datetime | float | int
 _S = SESSIONS.c
 _M = MESSAGES.c
 _MAX_LIMIT = 1000
+_IN_CHUNK = 500  # ids per IN (...) list
 _SNIPPET_CHARS = 160
 _LANGUAGE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _TOKEN = re.compile(r'-?"[^"]*"?|\S+')
@@ -175,6 +186,8 @@ class EraseReport:
     redis_sessions: int = 0
     archive_sessions: int = 0
     archive_messages: int = 0
+    redis_skipped: list[str] = field(default_factory=list)
+    """Ids Redis cannot hold (refused by today's validation): not asked there."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,6 +204,7 @@ class ArchiveQuery:
     engine owned and disposed by :meth:`close`). ``language`` overrides the
     text-search configuration read from the FTS index (PostgreSQL; a different
     one cannot use the index). ``clock`` returns unix seconds (expiry checks).
+    ``limits`` (default: the archive store's, else :class:`Limits`) bound imports.
     """
 
     def __init__(
@@ -200,8 +214,10 @@ class ArchiveQuery:
         namespace: str | None = None,
         language: str | None = None,
         clock: Callable[[], float] = time.time,
+        limits: Limits | None = None,
     ) -> None:
         self._owns_engine = False
+        self.limits = limits or getattr(source, "limits", None) or Limits()
         if isinstance(source, sa.Engine):
             engine = source
         elif isinstance(source, str | sa.URL):
@@ -532,85 +548,104 @@ class ArchiveQuery:
 
     def import_jsonl(
         self,
-        lines: Iterable[bytes | str],
+        lines: ImportSource,
         *,
         batch_size: int = 5000,
         progress: Callable[[int], None] | None = None,
+        limits: Limits | None = None,
+        max_line_bytes: int | None = None,
     ) -> ImportReport:
-        """Load :meth:`export` output into this namespace, in one transaction.
+        """Load :meth:`export` output into this namespace: all of it, or nothing.
 
-        Sessions keep their ids, seqs, times, versions and metadata, and
-        messages their exact bytes: exporting again gives the same lines. A
-        session that already exists raises :class:`SessionExists` (nothing is
-        imported). ``progress(messages_so_far)`` is called after each batch.
+        ``lines`` is a binary (or text) file, an iterable of lines, or a whole
+        text. Each line is parsed fully and validated as the store API
+        validates a write (ids, user ids, metadata, messages and ``limits``:
+        the archive store's, when this query was built on one), and each
+        session's bookkeeping against its messages; messages are stored as
+        the codec re-encodes them, so exporting again gives the same lines.
+        A line over ``max_line_bytes`` (default: twice the message limit plus
+        64 KiB) is refused after reading that much. See :mod:`tieredstore.jsonl`.
+
+        **One transaction for the whole file**: a bad line raises
+        :class:`~tieredstore.errors.InvalidRecord` (``.line``; a
+        :class:`~tieredstore.errors.RecordTooLarge` for sizes), a session that
+        already exists :class:`SessionExists` (``.line``), a database failure
+        :class:`BackendUnavailable` -- and then nothing of the file is stored,
+        neither the failing session nor those before it. Validated rows go
+        in ``batch_size`` at a time (binary ``COPY`` on PostgreSQL);
+        ``progress(messages_so_far)`` is called after each batch.
         """
+        reader = ImportReader(self.namespace, limits or self.limits,
+                              max_line_bytes=max_line_bytes)
+        batch_size = _check_batch(batch_size)
         report = ImportReport()
 
         def work(conn: sa.Connection) -> None:
-            pending: list[dict[str, Any]] = []
+            sessions: list[SessionRow] = []
+            messages: list[MessageRow] = []
 
             def flush() -> None:
-                if pending:
-                    self._insert_messages(conn, pending)
-                    report.messages += len(pending)
-                    pending.clear()
+                if sessions:  # before the messages that refer to them
+                    self._insert_sessions(conn, sessions)
+                    report.sessions += len(sessions)
+                    sessions.clear()
+                if messages:
+                    self._insert_messages(conn, messages)
+                    report.messages += len(messages)
+                    messages.clear()
                     if progress is not None:
                         progress(report.messages)
 
-            for number, raw in enumerate(lines, 1):
-                line = raw.encode() if isinstance(raw, str) else raw
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    record = orjson.loads(line)
-                    kind = record["type"]
-                except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise InvalidInput(f"line {number}: not an export record ({exc})") from exc
-                if kind == "session":
-                    flush()
-                    self._insert_session(conn, record)
-                    report.sessions += 1
-                elif kind == "message":
-                    pending.append(_message_row(self.namespace, record, line))
-                    if len(pending) >= batch_size:
-                        flush()
+            for item in reader.read(lines):
+                if isinstance(item, SessionRow):
+                    sessions.append(item)
                 else:
-                    raise InvalidInput(f"line {number}: unknown record type {kind!r}")
+                    messages.append(item)
+                if len(messages) >= batch_size or len(sessions) >= batch_size:
+                    flush()
             flush()
 
+        engine = self.engine
+        if not self._pg:
+            engine = engine.execution_options(tieredstore_sqlite_begin="IMMEDIATE")
         try:
-            with self.engine.begin() as conn:
+            with engine.begin() as conn:
                 work(conn)
-        except sa.exc.IntegrityError as exc:
-            raise SessionExists("(import)") from exc
         except sa.exc.SQLAlchemyError as exc:
             raise _translate(self.engine, exc) from exc
         return report
 
-    def _insert_session(self, conn: sa.Connection, record: Mapping[str, Any]) -> None:
-        columns = ("session_id", "user_id", "metadata", "created_ms", "updated_ms",
-                   "expires_ms", "ttl_ms", "version", "message_count", "next_seq",
-                   "base_seq", "lead")
+    def _insert_sessions(self, conn: sa.Connection, rows: list[SessionRow]) -> None:
+        """Insert session rows, first making sure none exists (:class:`SessionExists`)."""
+        line_of = {row.session_id: row.line for row in rows}
+        ids = list(line_of)
+        for start in range(0, len(ids), _IN_CHUNK):
+            taken = conn.execute(sa.select(_S.session_id).where(
+                _S.namespace == self.namespace, _S.session_id.in_(ids[start:start + _IN_CHUNK])
+            )).scalars().first()
+            if taken is not None:
+                raise SessionExists(taken, line_of[taken])
         try:
-            values = {name: record[name] for name in columns}
-        except KeyError as exc:
-            raise InvalidInput(f"session record without {exc}") from exc
-        conn.execute(SESSIONS.insert(), {"namespace": self.namespace, **values})
+            conn.execute(SESSIONS.insert(), [row.values for row in rows])
+        except sa.exc.IntegrityError as exc:  # created concurrently, after the check
+            raise SessionExists(ids[0] if len(ids) == 1 else f"one of {ids[0]!r}…",
+                                rows[0].line) from exc
 
-    def _insert_messages(self, conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    def _insert_messages(self, conn: sa.Connection, rows: list[MessageRow]) -> None:
         if not self._pg:
-            conn.execute(MESSAGES.insert(), rows)
+            conn.execute(MESSAGES.insert(), [dict(zip(MESSAGE_COLUMNS, row, strict=True))
+                                             for row in rows])
             return
-        names = ("namespace", "session_id", "seq", "created_ms", "role", "kind", "payload",
-                 "content_text")
         dbapi: Any = conn.connection.driver_connection
-        with dbapi.cursor() as cursor, cursor.copy(
-            f"COPY {MESSAGES.name} ({', '.join(names)}) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(("text", "text", "int8", "int8", "text", "text", "bytea", "text"))
-            for row in rows:
-                copy.write_row(tuple(row[name] for name in names))
+        try:
+            with dbapi.cursor() as cursor, cursor.copy(
+                f"COPY {MESSAGES.name} ({', '.join(MESSAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(("text", "text", "int8", "int8", "text", "text", "bytea", "text"))
+                for row in rows:
+                    copy.write_row(row)
+        except conn.dialect.loaded_dbapi.Error as exc:  # the raw cursor: not translated by SA
+            raise _translate(self.engine, exc) from exc
 
     # -- erasure ------------------------------------------------------------------
 
@@ -640,34 +675,6 @@ class ArchiveQuery:
         except sa.exc.SQLAlchemyError as exc:
             raise _translate(self.engine, exc) from exc
 
-
-
-class ExportLines:
-    """Turns the export query's rows (session, message) into JSON lines, row by row.
-
-    Shared by the sync and async exports so the format exists once.
-    """
-
-    def __init__(self) -> None:
-        self._current: str | None = None
-
-    def feed(self, row: Any) -> Iterator[bytes]:
-        dumps = orjson.dumps
-        if row.session_id != self._current:
-            self._current = row.session_id
-            yield dumps({
-                "type": "session", "session_id": row.session_id,
-                "user_id": row.user_id, "metadata": _json_dict(row.metadata),
-                "created_ms": row.created_ms, "updated_ms": row.updated_ms,
-                "expires_ms": row.expires_ms, "ttl_ms": row.ttl_ms,
-                "version": row.version, "message_count": row.message_count,
-                "next_seq": row.next_seq, "base_seq": row.base_seq,
-                "lead": row.lead,
-            }) + b"\n"
-        if row.seq is not None:
-            head = dumps({"type": "message", "session_id": row.session_id,
-                          "seq": row.seq, "created_ms": row.m_created_ms})
-            yield b"".join((head[:-1], b',"message":', bytes(row.payload), b"}\n"))
 
 
 class _BoundQuery(ArchiveQuery):
@@ -789,38 +796,52 @@ def erase(store: TieredStore, user_id: str, *, batch_size: int = 1000) -> EraseR
     processes' memory tiers drop the sessions too. Sessions of other
     users are not touched. A session the user writes while this runs may
     survive it: stop the user's traffic first.
+
+    Ids (and user ids) that today's validation refuses -- which no API call
+    can have written to memory or Redis, but an old archive may hold -- are
+    skipped in those tiers (listed in ``redis_skipped``) and deleted from the
+    archive all the same. The archive delete runs even when Redis fails; the
+    Redis error is raised after it (erase is idempotent: run it again).
     """
     if not isinstance(user_id, str) or not user_id:
         raise InvalidInput("erase needs a user id")
     report = EraseReport(user_id)
     redis, archive, memory = store.redis, store.archive, store.memory
     query = ArchiveQuery(archive) if archive is not None else None
+    addressable = _valid_user_id(user_id, store.limits)
     ids: set[str] = set()
-    if redis is not None:
-        position: tuple[int, str] | None = None
-        while True:
-            found = redis.list_keys(user_id, batch_size, position, "asc")
-            ids.update(sid for _, sid in found)
-            if len(found) < batch_size:
-                break
-            position = found[-1]
     if query is not None:
         ids.update(query.session_ids(user_id))
-    if memory is not None:
-        cursor: str | None = None
-        while True:
-            page = memory.list(user_id=user_id, limit=batch_size, cursor=cursor)
-            ids.update(page.ids)
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
-        report.memory_sessions = sum(memory.invalidate(sid) for sid in sorted(ids))
-    if redis is not None:
-        report.redis_sessions = sum(redis.drop(sid) for sid in sorted(ids))
-    if query is not None:
-        archived, report.archive_messages = query.delete_user(user_id)
-        report.archive_sessions = len(archived)
-        ids.update(archived)
+    try:
+        if redis is not None and addressable:
+            position: tuple[int, str] | None = None
+            while True:
+                found = redis.list_keys(user_id, batch_size, position, "asc")
+                ids.update(sid for _, sid in found)
+                if len(found) < batch_size:
+                    break
+                position = found[-1]
+        if memory is not None and addressable:
+            cursor: str | None = None
+            while True:
+                page = memory.list(user_id=user_id, limit=batch_size, cursor=cursor)
+                ids.update(page.ids)
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+        if memory is not None:
+            report.memory_sessions = sum(memory.invalidate(sid) for sid in sorted(ids))
+        if redis is not None:
+            for sid in sorted(ids):
+                if _valid_session_id(sid, redis.limits):
+                    report.redis_sessions += redis.drop(sid)
+                else:
+                    report.redis_skipped.append(sid)
+    finally:
+        if query is not None:
+            archived, report.archive_messages = query.delete_user(user_id)
+            report.archive_sessions = len(archived)
+            ids.update(archived)
     if memory is not None:  # a read that raced the deletes may have cached a copy
         for sid in ids:
             memory.invalidate(sid)
@@ -828,7 +849,29 @@ def erase(store: TieredStore, user_id: str, *, batch_size: int = 1000) -> EraseR
     return report
 
 
+def _valid_session_id(sid: str, limits: Limits) -> bool:
+    try:
+        check_session_id(sid, limits)
+    except InvalidInput:
+        return False
+    return True
+
+
+def _valid_user_id(user_id: str, limits: Limits) -> bool:
+    try:
+        check_user_id(user_id, limits)
+    except InvalidInput:
+        return False
+    return True
+
+
 # -- helpers ------------------------------------------------------------------------
+
+
+def _check_batch(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InvalidInput(f"batch_size must be a positive integer, got {size!r}")
+    return size
 
 
 def _check_limit(limit: object) -> int:
@@ -869,13 +912,8 @@ def _decode_cursor(cursor: str, size: int) -> list[Any]:
     return parts
 
 
-def _json_dict(value: Any) -> dict[str, Any]:
-    if isinstance(value, str | bytes):
-        value = orjson.loads(value)
-    return dict(value) if value else {}
-
-
-def _translate(engine: sa.Engine, exc: sa.exc.SQLAlchemyError) -> BackendUnavailable:
+def _translate(engine: sa.Engine, exc: Exception) -> BackendUnavailable:
+    """A database error (SQLAlchemy's or the driver's own) as :class:`BackendUnavailable`."""
     where = engine.url.render_as_string(hide_password=True)
     orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
     text = str(orig).strip()
@@ -1021,27 +1059,3 @@ def _snippet(text: str, groups: list[list[tuple[bool, str]]], marks: tuple[str, 
     prefix = "…" if start else ""
     suffix = "…" if start + _SNIPPET_CHARS < len(text) else ""
     return f"{prefix}{window}{suffix}"
-
-
-def _message_row(namespace: str, record: Mapping[str, Any], line: bytes) -> dict[str, Any]:
-    """The ``tieredstore_messages`` row of one exported message line (payload verbatim)."""
-    from tieredstore.tiers.archive import _content_text, _no_nul
-
-    message = record.get("message")
-    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-        raise InvalidInput("message record without a message object with a role")
-    at = line.find(b',"message":')
-    payload = line[at + 11:-1] if at >= 0 and line.endswith(b"}") else encode_json(message)
-    return {
-        "namespace": namespace,
-        "session_id": record["session_id"],
-        "seq": int(record["seq"]),
-        "created_ms": int(record["created_ms"]),
-        "role": _no_nul(message["role"]),
-        "kind": message_kind(message),
-        "payload": payload,
-        "content_text": _content_text(message),
-    }
-
-
-

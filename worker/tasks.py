@@ -6,9 +6,11 @@ result says work remains, enqueues itself again (at most
 Redis, make a task run at most once at a time and at most once per interval
 however many beats and workers there are:
 
-* the **slot**: a scheduled run first claims ``maint:slot:<task>:<n>`` with
-  ``SET NX`` for the interval slot ``n = floor(now / interval)``; a second
-  beat's message for the same slot finds it taken and does nothing
+* the **slot**: a scheduled run first claims the current interval slot
+  ``n = floor(now / interval)`` in ``maint:slot:<task>``, atomically and by
+  the Redis server's clock (so neither a worker stalled between reading its
+  clock and claiming, nor clocks differing between hosts, can let a slot run
+  twice); a second beat's message for a slot already claimed does nothing
   (continuations carry on the slot of the run that chained them);
 * the **lock**: ``maint:lock:<task>`` holds a random token (``SET NX PX``),
   is extended after every batch and released by compare-and-delete. It
@@ -17,7 +19,9 @@ however many beats and workers there are:
   over stops after its current batch.
 
 Every run is logged to the capped list ``maint:runs`` (newest first) for
-operators and tests.
+operators and tests, with ``held``: when it took and released the lock
+(read inside the lock, so one task's spans never overlap while the lock
+holds).
 """
 
 from __future__ import annotations
@@ -61,6 +65,19 @@ _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL
            "return 0"
 _EXTEND = "if redis.call('GET', KEYS[1]) == ARGV[1] then " \
           "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+# KEYS slot hash; ARGV interval_ms owner. Claim the current slot by the server's
+# clock unless this slot (or a later one) was claimed: returns {claimed, slot}.
+_CLAIM = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local slot = math.floor(now / interval)
+local last = redis.call('HGET', KEYS[1], 'claimed_ms')
+if last and math.floor(tonumber(last) / interval) >= slot then return {0, slot} end
+redis.call('HSET', KEYS[1], 'claimed_ms', now, 'owner', ARGV[2])
+return {1, slot}
+"""
 
 
 class LockLost(Exception):
@@ -92,9 +109,12 @@ class Maintenance:
             root = f"{prefix}:{env.get('TIEREDSTORE_NAMESPACE', 'default')}:"
         return cls(store, settings, client, root + "maint:")
 
-    def claim_slot(self, task: str, slot: int, interval: float) -> bool:
-        key = f"{self.root}slot:{task}:{slot}"
-        return bool(self.client.set(key, os.getpid(), nx=True, px=max(int(interval * 2000), 1000)))
+    def claim_slot(self, task: str, interval: float) -> tuple[bool, int]:
+        """Claim the task's current interval slot: ``(claimed, slot)``."""
+        interval_ms = max(int(interval * 1000), 1)
+        claimed, slot = self.client.eval(_CLAIM, 1, f"{self.root}slot:{task}", interval_ms,
+                                         os.getpid())
+        return bool(claimed), int(slot)
 
     def acquire(self, task: str) -> str | None:
         token = uuid.uuid4().hex
@@ -139,14 +159,15 @@ def run_task(task: Task, name: str, interval: float, step: Step, slot: int | Non
     ctx = context()
     started = time.time()
     if slot is None:
-        slot = int(started // interval)
-        if not ctx.claim_slot(name, slot, interval):
+        claimed, slot = ctx.claim_slot(name, interval)
+        if not claimed:
             log.info("maintenance %s: slot %d already ran", name, slot)
             return {"task": name, "skipped": "slot"}
     token = ctx.acquire(name)
     if token is None:
         log.info("maintenance %s: another run holds the lock", name)
         return {"task": name, "skipped": "locked"}
+    locked_at = time.time()
 
     def heartbeat(done: int, total: int) -> None:
         if not ctx.extend(name, token):
@@ -158,10 +179,12 @@ def run_task(task: Task, name: str, interval: float, step: Step, slot: int | Non
     except LockLost:
         lost, result = True, None
     finally:
+        unlocked_at = time.time()
         ctx.release(name, token)
     summary: dict[str, Any] = {"task": name, "slot": slot, "chain": chain, "started": started,
-                               "finished": time.time(), "host": socket.gethostname(),
-                               "pid": os.getpid(), "lock_lost": lost}
+                               "finished": time.time(), "held": [locked_at, unlocked_at],
+                               "host": socket.gethostname(), "pid": os.getpid(),
+                               "lock_lost": lost}
     if result is not None:
         summary["result"] = result.as_dict()
     ctx.record(summary)
