@@ -23,6 +23,7 @@ seconds) is injectable for tests.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -58,7 +59,12 @@ class CircuitBreaker:
     ) -> None:
         if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
             raise InvalidInput(f"breaker threshold must be an int >= 1, got {threshold!r}")
-        if not isinstance(cooldown, int | float) or isinstance(cooldown, bool) or cooldown < 0:
+        if (
+            not isinstance(cooldown, int | float)
+            or isinstance(cooldown, bool)
+            or not math.isfinite(cooldown)
+            or cooldown < 0
+        ):
             raise InvalidInput(f"breaker cooldown must be seconds >= 0, got {cooldown!r}")
         self.threshold = threshold
         self.cooldown = float(cooldown)
@@ -113,6 +119,8 @@ class CircuitBreaker:
         with self._lock:
             if probe:
                 self._probing = False
+                if self._state != "half_open":
+                    return  # reset meanwhile
                 self._state = "closed"
                 self._consecutive = 0
                 logger.warning(

@@ -260,21 +260,20 @@ if hasattr(os, "register_at_fork"):
 def db_failure(exc: BaseException) -> bool:
     """Whether a database error means the server is unreachable or not answering.
 
-    Those count for the archive's circuit breaker: connection errors
-    (SQLSTATE class 08 or none at all), lost connections, pool timeouts,
-    resource exhaustion (53), cancelled statements and shutdowns (57),
-    system errors (58), and our own watchdog's verdict. Errors the server
-    answered with (constraint, syntax, serialization, missing schema) and
-    SQLite's "database is locked" do not.
+    Those count for the archive's circuit breaker: on PostgreSQL connection
+    errors (SQLSTATE class 08, or none at all), lost connections, pool
+    timeouts, resource exhaustion (53), cancelled statements and shutdowns
+    (57), system errors (58) and our watchdog's verdict; on SQLite a file
+    that cannot be opened or read. Errors the server answered with
+    (constraints, syntax, serialization, a missing schema, SQLite's
+    "database is locked") do not.
     """
     import sqlalchemy.exc as sa_exc
 
     from tieredstore.errors import BackendUnavailable, SchemaNotReady
 
-    if isinstance(exc, SchemaNotReady):
-        return False
     if isinstance(exc, BackendUnavailable):
-        return exc.__cause__ is not None  # "gave up after conflicts" has no cause
+        return not isinstance(exc, SchemaNotReady)
     if isinstance(exc, sa_exc.TimeoutError):
         return True
     if not isinstance(exc, sa_exc.DBAPIError):
@@ -283,7 +282,14 @@ def db_failure(exc: BaseException) -> bool:
         return True
     if not isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
         return False
-    state = getattr(exc.orig, "sqlstate", None)
-    if state is None:
-        return "database is locked" not in str(exc.orig)
-    return str(state)[:2] in {"08", "53", "57", "58"}
+    orig: Any = exc.orig
+    if hasattr(orig, "sqlstate"):  # psycopg
+        state = orig.sqlstate
+        return state is None or str(state)[:2] in {"08", "53", "57", "58"}
+    name = str(getattr(orig, "sqlite_errorname", ""))
+    text = str(orig)
+    return (
+        name.startswith(("SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_NOTADB"))
+        or "unable to open database" in text
+        or "disk I/O error" in text
+    )

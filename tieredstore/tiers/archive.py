@@ -670,12 +670,13 @@ class ArchiveShared(StoreCore):
         io = self._io_timeout
         if io is None or conn is None:
             return contextlib.nullcontext()
-        where = self._url.render_as_string(hide_password=True)
         return WATCHDOG.watch(
             conn.connection.driver_connection.fileno(),  # type: ignore[union-attr]
             io,
             lambda: BackendUnavailable(
-                "database", f"{where}: no reply within {io:g} s (io timeout); connection closed"
+                "database",
+                f"{self._url.render_as_string(hide_password=True)}: no reply within {io:g} s "
+                "(io timeout); connection closed",
             ),
         )
 
@@ -1710,6 +1711,12 @@ class ArchiveStore(ArchiveShared, BaseStore):
     of :class:`~tieredstore.BaseStore` (``default_ttl``, ``max_messages``,
     ``sliding_ttl``, ``limits``, ``clock``). Expired sessions read as missing and
     are removed by :meth:`purge_expired`.
+
+    ``timeouts`` (:class:`~tieredstore.timeouts.ArchiveTimeouts`) bound the
+    PostgreSQL connections of an engine built from ``url``, and every
+    transaction on the client side; ``breaker`` (a
+    :class:`~tieredstore.CircuitBreaker`, ``True`` for the defaults, ``False``
+    for none) fails calls fast while the database is down.
     """
 
     def __init__(

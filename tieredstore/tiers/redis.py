@@ -1443,6 +1443,11 @@ class RedisStore(RedisShared, BaseStore):
     :attr:`invalidation_channel`. ``spill``: entries a trim drops are kept in
     a per-session spill list (see :meth:`spilled`) until the archival worker
     has copied them (:meth:`drain_spill`), instead of being discarded.
+
+    A client the store builds gets :data:`~tieredstore.timeouts.REDIS_TIMEOUTS`
+    unless told otherwise. ``breaker`` (a :class:`~tieredstore.CircuitBreaker`,
+    ``True`` for the defaults, ``False`` for none) fails calls fast while
+    Redis is down.
     """
 
     def __init__(
