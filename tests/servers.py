@@ -91,7 +91,9 @@ class TcpProxy:
     """Forwards a loopback port to a server; ``down()`` cuts every connection.
 
     Lets a test take a database "offline" and back without touching the
-    shared server.
+    shared server. ``stall()`` black-holes it instead: connections stay open
+    (new ones are accepted) but nothing is forwarded any more, in either
+    direction, until ``resume()``.
     """
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
@@ -101,6 +103,7 @@ class TcpProxy:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._accepting = threading.Event()
+        self._stalled = threading.Event()
 
     def up(self) -> TcpProxy:
         listener = socket.socket()
@@ -111,6 +114,12 @@ class TcpProxy:
         self._accepting.set()
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         return self
+
+    def stall(self) -> None:
+        self._stalled.set()
+
+    def resume(self) -> None:
+        self._stalled.clear()
 
     def down(self) -> None:
         self._accepting.clear()
@@ -135,6 +144,10 @@ class TcpProxy:
             if not self._accepting.is_set():
                 client.close()
                 return
+            if self._stalled.is_set():
+                with self._lock:
+                    self._conns.append(client)  # held open, never answered
+                continue
             try:
                 upstream = socket.create_connection(self.target)
             except OSError:
@@ -145,14 +158,65 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if not self._stalled.is_set():
+                    sink.sendall(data)
         except OSError:
             pass
         finally:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+class BlackHole:
+    """A loopback listener that accepts connections and never answers.
+
+    What a hung or partitioned server looks like to a client whose TCP
+    handshake still succeeds (the kernel completes it and ACKs whatever is
+    sent), so only client-side timeouts can end the wait. ``close()`` drops
+    every connection and the listener.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(128)
+        self.port = int(self._listener.getsockname()[1])
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._open = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def accepted(self) -> int:
+        with self._lock:
+            return len(self._conns)
+
+    def _accept(self) -> None:
+        while self._open:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.append(conn)
+
+    def close(self) -> None:
+        self._open = False
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self._listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+    def __enter__(self) -> BlackHole:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

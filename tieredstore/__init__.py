@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tieredstore.base import BaseStore, StateStore
+from tieredstore.breaker import CircuitBreaker
 from tieredstore.config import Limits
 from tieredstore.errors import (
     BackendUnavailable,
+    CircuitOpen,
     InvalidInput,
     InvalidMessage,
     InvalidRecord,
@@ -48,6 +50,8 @@ __all__ = [
     "AsyncTieredStore",
     "BackendUnavailable",
     "BaseStore",
+    "CircuitBreaker",
+    "CircuitOpen",
     "Conversation",
     "FrozenDict",
     "FrozenList",

@@ -72,7 +72,10 @@ def demo(as_json: bool) -> None:
 
 
 def _fmt(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items())
+    # A nested group (a tier's circuit breaker) shows its state only.
+    return ", ".join(
+        f"{k}={v.get('state', v) if isinstance(v, dict) else v}" for k, v in values.items()
+    )
 
 
 @cli.command()

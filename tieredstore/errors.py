@@ -16,7 +16,9 @@
     │                            (also a PayloadTooLarge)
     └── BackendUnavailable       Redis / the database could not be reached
         │                        (the driver's exception is ``__cause__``)
-        └── SchemaNotReady       the archive tables are missing or out of date
+        ├── SchemaNotReady       the archive tables are missing or out of date
+        └── CircuitOpen          the tier's circuit breaker is open: failed fast,
+                                 without I/O (see :mod:`tieredstore.breaker`)
 
 Drivers' exceptions never leak: each tier translates them at its boundary and
 raises one of these ``from`` the original.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendUnavailable",
+    "CircuitOpen",
     "InvalidInput",
     "InvalidMessage",
     "InvalidRecord",
@@ -129,3 +132,26 @@ class BackendUnavailable(TieredStoreError, ConnectionError):
 
 class SchemaNotReady(BackendUnavailable):
     """The archive tables are missing or older than this code: run ``tieredstore.migrate(url)``."""
+
+
+class CircuitOpen(BackendUnavailable):
+    """Recent calls to this tier failed, so this one failed fast without touching it.
+
+    ``retry_after``: seconds until the breaker lets a probe through;
+    ``last_error``: the failure that kept it open; ``opened_at``: when it
+    opened (epoch seconds).
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        detail: str,
+        *,
+        retry_after: float,
+        last_error: str | None,
+        opened_at: float,
+    ) -> None:
+        super().__init__(backend, detail)
+        self.retry_after = retry_after
+        self.last_error = last_error
+        self.opened_at = opened_at

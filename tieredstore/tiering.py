@@ -958,14 +958,19 @@ class TieredShell(StoreCore):
         return self._core.invalidations_sent
 
     def stats(self) -> dict[str, Any]:
-        """Per-tier hits, misses, promotions and errors, and coherence counters."""
-        return self._core.snapshot_stats(
+        """Per-tier hits, misses, promotions and errors, circuit breakers, coherence counters."""
+        out = self._core.snapshot_stats(
             {
                 "memory": self.memory is not None,
                 "redis": self._core.has_redis,
                 "archive": self._core.has_archive,
             }
         )
+        for name in ("redis", "archive"):
+            breaker = getattr(self._targets[name], "breaker", None)
+            if breaker is not None:  # no I/O: readable while the tier is down
+                out[name]["breaker"] = breaker.stats()
+        return out
 
     def _lock_backend(self) -> Any:
         redis = self._targets["redis"]

@@ -27,6 +27,7 @@ receipts and snapshots, and apply writes made in another tier by seq.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
 from tieredstore.aio import AsyncBaseStore
 from tieredstore.base import BaseStore, StoreCore
+from tieredstore.breaker import CircuitBreaker, resolve_breaker
 from tieredstore.codec import decode_cursor, decode_message, encode_cursor, encode_json
 from tieredstore.core import (
     Batch,
@@ -72,6 +74,7 @@ from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import normalize_url
 from tieredstore.schema import sessions as SESSIONS
 from tieredstore.tiers.transfer import DEFAULT_TOMBSTONE_TTL, HistoryPart, SessionFenced
+from tieredstore.timeouts import IO_OPTION, WATCHDOG, ArchiveTimeouts, db_failure
 
 if TYPE_CHECKING:
     from tieredstore.tiers.redis import Fenced, OutboxRecord
@@ -402,16 +405,23 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def create_engine(url: str | sa.URL, **engine_options: Any) -> sa.Engine:
+def create_engine(
+    url: str | sa.URL, *, timeouts: ArchiveTimeouts | None = None, **engine_options: Any
+) -> sa.Engine:
     """An engine for the archive; a plain ``postgresql://`` URL means psycopg 3.
 
-    JSON columns use orjson. ``engine_options`` go to :func:`sqlalchemy.create_engine`.
+    JSON columns use orjson. On PostgreSQL, ``timeouts`` (default
+    :class:`~tieredstore.timeouts.ArchiveTimeouts`) bound connecting and
+    statements; settings in the URL win. ``engine_options`` go to
+    :func:`sqlalchemy.create_engine`.
     """
     parsed = normalize_url(url)
-    return sa.create_engine(parsed, **_engine_options(parsed, engine_options))
+    return sa.create_engine(parsed, **_engine_options(parsed, timeouts, engine_options))
 
 
-def create_async_engine(url: str | sa.URL, **engine_options: Any) -> AsyncEngine:
+def create_async_engine(
+    url: str | sa.URL, *, timeouts: ArchiveTimeouts | None = None, **engine_options: Any
+) -> AsyncEngine:
     """An async engine for :class:`AsyncArchiveStore`: psycopg 3 or aiosqlite.
 
     ``postgresql://`` and ``postgresql+psycopg://`` use psycopg's async mode;
@@ -420,18 +430,17 @@ def create_async_engine(url: str | sa.URL, **engine_options: Any) -> AsyncEngine
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.get_driver_name() != "aiosqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
-    return sa_create_async_engine(parsed, **_engine_options(parsed, engine_options))
+    return sa_create_async_engine(parsed, **_engine_options(parsed, timeouts, engine_options))
 
 
-def _engine_options(parsed: sa.URL, engine_options: dict[str, Any]) -> dict[str, Any]:
-    """JSON columns use orjson; PostgreSQL connects with a timeout."""
+def _engine_options(
+    parsed: sa.URL, timeouts: ArchiveTimeouts | None, engine_options: dict[str, Any]
+) -> dict[str, Any]:
+    """JSON columns use orjson; PostgreSQL connects and runs statements with timeouts."""
     engine_options.setdefault("json_serializer", _json_dumps)
     engine_options.setdefault("json_deserializer", orjson.loads)
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-        # Fail an unreachable server in seconds instead of hanging on the OS timeout.
-        connect_args = dict(engine_options.get("connect_args") or {})
-        connect_args.setdefault("connect_timeout", 10)
-        engine_options["connect_args"] = connect_args
+    if parsed.get_backend_name() == "postgresql":
+        (timeouts or ArchiveTimeouts()).engine_options(parsed.query, engine_options)
     return engine_options
 
 
@@ -696,6 +705,31 @@ class ArchiveShared(StoreCore):
             raise InvalidInput(f"ArchiveStore supports PostgreSQL and SQLite, not {dialect!r}")
         self._create_row = insert(SESSIONS).on_conflict_do_nothing().returning(_S.version)
         return roles
+
+    def _setup_bounds(
+        self, engine: sa.Engine, breaker: CircuitBreaker | bool, timeouts: ArchiveTimeouts | None
+    ) -> None:
+        """The circuit breaker, and the client-side bound of one transaction (PostgreSQL)."""
+        self.breaker = resolve_breaker(breaker, "database")
+        io = engine.get_execution_options().get(IO_OPTION, ...)
+        if io is ...:  # a caller's own engine: these (or the default) timeouts' bound
+            io = (timeouts or ArchiveTimeouts()).io_bound()
+        self._io_timeout: float | None = io if self._pg else None
+
+    def _bounded(self, conn: sa.Connection | None) -> contextlib.AbstractContextManager[Any]:
+        """While inside, a server that stops answering gets its socket shut down."""
+        io = self._io_timeout
+        if io is None or conn is None:
+            return contextlib.nullcontext()
+        return WATCHDOG.watch(
+            conn.connection.driver_connection.fileno(),  # type: ignore[union-attr]
+            io,
+            lambda: BackendUnavailable(
+                "database",
+                f"{self._url.render_as_string(hide_password=True)}: no reply within {io:g} s "
+                "(io timeout); connection closed",
+            ),
+        )
 
     def _lock_scope(self) -> str:
         # Sync and async stores on one database share their process-local locks.
@@ -1926,6 +1960,12 @@ class ArchiveStore(ArchiveShared, BaseStore):
     of :class:`~tieredstore.BaseStore` (``default_ttl``, ``max_messages``,
     ``sliding_ttl``, ``limits``, ``clock``). Expired sessions read as missing and
     are removed by :meth:`purge_expired`.
+
+    ``timeouts`` (:class:`~tieredstore.timeouts.ArchiveTimeouts`) bound the
+    PostgreSQL connections of an engine built from ``url``, and every
+    transaction on the client side; ``breaker`` (a
+    :class:`~tieredstore.CircuitBreaker`, ``True`` for the defaults, ``False``
+    for none) fails calls fast while the database is down.
     """
 
     def __init__(
@@ -1935,6 +1975,8 @@ class ArchiveStore(ArchiveShared, BaseStore):
         url: str | sa.URL | None = None,
         namespace: str = "default",
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
+        timeouts: ArchiveTimeouts | None = None,
+        breaker: CircuitBreaker | bool = True,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -1943,9 +1985,10 @@ class ArchiveStore(ArchiveShared, BaseStore):
         self._owns_engine = engine is None
         if engine is None:
             assert url is not None
-            engine = create_engine(url)
+            engine = create_engine(url, timeouts=timeouts)
         self.engine = engine
         roles = self._setup(engine, namespace, tombstone_ttl)
+        self._setup_bounds(engine, breaker, timeouts)
         self._bulk_copy = self._pg
         self._engines = {
             role: engine.execution_options(**opts) if opts else engine
@@ -1963,17 +2006,23 @@ class ArchiveStore(ArchiveShared, BaseStore):
     ) -> ArchiveStore:
         """A store on its own engine for ``url`` (``postgresql://...`` or ``sqlite:///...``).
 
-        ``engine_options`` (pool size, ...) go to :func:`create_engine`; the
-        store disposes the engine on :meth:`close`.
+        ``engine_options`` (pool size, ...) and ``timeouts`` go to
+        :func:`create_engine`; the store disposes the engine on :meth:`close`.
         """
-        store = cls(create_engine(url, **(engine_options or {})), **kwargs)
+        engine = create_engine(url, timeouts=kwargs.get("timeouts"), **(engine_options or {}))
+        store = cls(engine, **kwargs)
         store._owns_engine = True
         return store
 
     # -- the I/O shell ------------------------------------------------------------
 
     def _in_transaction(self, work: Callable[[sa.Connection], T], role: str) -> T:
-        with self._engines[role].begin() as conn:
+        with (
+            self.breaker.guard(db_failure),
+            self._engines[role].connect() as conn,
+            self._bounded(conn),
+            conn.begin(),
+        ):
             return work(conn)
 
     def _drive(self, plan: Plan[T]) -> T:
@@ -2257,10 +2306,10 @@ class ArchiveStore(ArchiveShared, BaseStore):
             )
         )
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """Row counts for this namespace: sessions (live and expired), delete
-        tombstones and messages."""
-        return self._drive(self._plan_stats())
+        tombstones and messages; also the circuit breaker's state (``breaker``)."""
+        return {**self._drive(self._plan_stats()), "breaker": self.breaker.stats()}
 
 
 class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
@@ -2282,6 +2331,8 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
         url: str | sa.URL | None = None,
         namespace: str = "default",
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
+        timeouts: ArchiveTimeouts | None = None,
+        breaker: CircuitBreaker | bool = True,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -2290,9 +2341,10 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
         self._owns_engine = engine is None
         if engine is None:
             assert url is not None
-            engine = create_async_engine(url)
+            engine = create_async_engine(url, timeouts=timeouts)
         self.engine = engine
         roles = self._setup(engine.sync_engine, namespace, tombstone_ttl)
+        self._setup_bounds(engine.sync_engine, breaker, timeouts)
         self._bulk_copy = False
         self._engines = {
             role: engine.execution_options(**opts) if opts else engine
@@ -2309,15 +2361,19 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
         **kwargs: Any,
     ) -> AsyncArchiveStore:
         """A store on its own async engine for ``url``; see :meth:`ArchiveStore.from_url`."""
-        store = cls(create_async_engine(url, **(engine_options or {})), **kwargs)
+        engine = create_async_engine(url, timeouts=kwargs.get("timeouts"), **(engine_options or {}))
+        store = cls(engine, **kwargs)
         store._owns_engine = True
         return store
 
     # -- the I/O shell ------------------------------------------------------------
 
     async def _in_transaction(self, work: Callable[[sa.Connection], T], role: str) -> T:
-        async with self._engines[role].begin() as conn:
-            return await conn.run_sync(work)
+        with self.breaker.guard(db_failure):
+            async with self._engines[role].connect() as conn:
+                with self._bounded(conn.sync_connection):
+                    async with conn.begin():
+                        return await conn.run_sync(work)
 
     async def _drive(self, plan: Plan[T]) -> T:
         return await arun(plan, self._targets)
@@ -2539,6 +2595,6 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
             )
         )
 
-    async def stats(self) -> dict[str, int]:
+    async def stats(self) -> dict[str, Any]:
         """See :meth:`ArchiveStore.stats`."""
-        return await self._drive(self._plan_stats())
+        return {**(await self._drive(self._plan_stats())), "breaker": self.breaker.stats()}

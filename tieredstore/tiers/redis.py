@@ -85,6 +85,7 @@ from redis.exceptions import RedisError
 
 from tieredstore.aio import AsyncBaseStore
 from tieredstore.base import BaseStore, StoreCore
+from tieredstore.breaker import CircuitBreaker, resolve_breaker
 from tieredstore.codec import (
     decode_cursor,
     decode_json,
@@ -114,6 +115,7 @@ from tieredstore.tiers.transfer import (
     Snapshot,
     WriteReceipt,
 )
+from tieredstore.timeouts import REDIS_TIMEOUTS
 
 __all__ = [
     "SCRIPTS",
@@ -911,6 +913,7 @@ _STORE_OPTIONS = (
     "publish",
     "spill",
     "tombstone_ttl",
+    "breaker",
 )
 
 
@@ -1665,6 +1668,7 @@ class RedisShared(StoreCore):
         prefix: str,
         publish: bool,
         spill: bool,
+        breaker: CircuitBreaker | bool,
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
     ) -> None:
         if sum(x is not None for x in (client, url, connection_pool)) > 1:
@@ -1672,14 +1676,15 @@ class RedisShared(StoreCore):
         self.keys = RedisKeys(prefix, namespace)
         self.publish = publish
         self.spill = spill
+        self.breaker = resolve_breaker(breaker, "redis")
         self._owns_client = client is None
         if client is None:
             if url is not None:
-                client = self._client_class.from_url(url)
+                client = self._client_class.from_url(url, **REDIS_TIMEOUTS)
             elif connection_pool is not None:
                 client = self._client_class(connection_pool=connection_pool)
             else:
-                client = self._client_class()
+                client = self._client_class(**REDIS_TIMEOUTS)
         if client.get_encoder().decode_responses:
             raise InvalidInput(
                 f"{type(self).__name__} needs a client with decode_responses=False "
@@ -1704,11 +1709,14 @@ class RedisShared(StoreCore):
 
         Store options (``namespace``, ``prefix``, ``default_ttl``,
         ``max_messages``, ``sliding_ttl``, ``limits``, ``clock``, ``publish``,
-        ``spill``) configure the store; any other keyword goes to the
-        connection pool's ``from_url`` (for example ``socket_timeout`` or
-        ``max_connections``).
+        ``spill``, ``breaker``) configure the store; any other keyword goes to
+        the connection pool's ``from_url`` (for example ``max_connections``).
+        ``socket_timeout`` and ``socket_connect_timeout`` default to
+        :data:`~tieredstore.timeouts.REDIS_TIMEOUTS` (5 s, 2 s); a keyword or
+        a URL parameter (``?socket_timeout=1``) overrides them.
         """
         store_options = {k: kwargs.pop(k) for k in _STORE_OPTIONS if k in kwargs}
+        kwargs = {**REDIS_TIMEOUTS, **kwargs}
         client = cls._client_class.from_pool(cls._pool_class.from_url(url, **kwargs))
         store = cls(client, **store_options)  # type: ignore[call-arg]
         store._owns_client = True
@@ -1739,6 +1747,11 @@ def _unavailable(exc: RedisError) -> BackendUnavailable:
     return BackendUnavailable("redis", str(exc) or type(exc).__name__)
 
 
+def _redis_down(exc: BaseException) -> bool:
+    """For the circuit breaker: Redis unreachable or silent (not an error reply)."""
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError)
+
+
 class RedisStore(RedisShared, BaseStore):
     """Sessions in Redis: one LIST and one HASH per session, sorted-set indexes.
 
@@ -1752,6 +1765,11 @@ class RedisStore(RedisShared, BaseStore):
     :attr:`invalidation_channel`. ``spill``: entries a trim drops are kept in
     a per-session spill list (see :meth:`spilled`) until the archival worker
     has copied them (:meth:`drain_spill`), instead of being discarded.
+
+    A client the store builds gets :data:`~tieredstore.timeouts.REDIS_TIMEOUTS`
+    unless told otherwise. ``breaker`` (a :class:`~tieredstore.CircuitBreaker`,
+    ``True`` for the defaults, ``False`` for none) fails calls fast while
+    Redis is down.
     """
 
     def __init__(
@@ -1765,6 +1783,7 @@ class RedisStore(RedisShared, BaseStore):
         publish: bool = True,
         spill: bool = False,
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
+        breaker: CircuitBreaker | bool = True,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -1777,24 +1796,29 @@ class RedisStore(RedisShared, BaseStore):
             publish=publish,
             spill=spill,
             tombstone_ttl=tombstone_ttl,
+            breaker=breaker,
         )
 
     # -- the I/O shell ------------------------------------------------------
 
     def _drive(self, plan: Plan[T]) -> T:
-        """Run a plan's calls; driver errors become :class:`BackendUnavailable`."""
-        scripts = self._scripts
+        """Run a plan's calls; driver errors become :class:`BackendUnavailable`.
+
+        Each call passes the circuit breaker, which fails it fast while open.
+        """
+        scripts, breaker = self._scripts, self.breaker
         try:
             call = next(plan)
             while True:
                 try:
-                    if isinstance(call, Commands):
-                        pipe = self.client.pipeline(transaction=False)
-                        for command in call.commands:
-                            pipe.execute_command(*command)
-                        reply = pipe.execute()
-                    else:
-                        reply = scripts[call.script](keys=call.keys, args=call.args)
+                    with breaker.guard(_redis_down):
+                        if isinstance(call, Commands):
+                            pipe = self.client.pipeline(transaction=False)
+                            for command in call.commands:
+                                pipe.execute_command(*command)
+                            reply = pipe.execute()
+                        else:
+                            reply = scripts[call.script](keys=call.keys, args=call.args)
                 except RedisError as exc:
                     raise _unavailable(exc) from exc
                 call = plan.send(reply)
@@ -2036,9 +2060,12 @@ class RedisStore(RedisShared, BaseStore):
         """
         return self._drive(self._ops.purge_expired(batch_size))
 
-    def stats(self) -> dict[str, int]:
-        """Indexed and expiring session counts and Redis memory use (one round trip)."""
-        return self._drive(self._ops.stats())
+    def stats(self) -> dict[str, Any]:
+        """Indexed and expiring session counts and Redis memory use (one round trip).
+
+        Also the circuit breaker's state and counters (``breaker``).
+        """
+        return {**self._drive(self._ops.stats()), "breaker": self.breaker.stats()}
 
     # -- session locks (the backend of tieredstore.locking) ------------------------
 
@@ -2081,6 +2108,7 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
         publish: bool = True,
         spill: bool = False,
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
+        breaker: CircuitBreaker | bool = True,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -2093,24 +2121,26 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
             publish=publish,
             spill=spill,
             tombstone_ttl=tombstone_ttl,
+            breaker=breaker,
         )
 
     # -- the I/O shell ------------------------------------------------------
 
     async def _drive(self, plan: Plan[T]) -> T:
         """Await a plan's calls; driver errors become :class:`BackendUnavailable`."""
-        scripts = self._scripts
+        scripts, breaker = self._scripts, self.breaker
         try:
             call = next(plan)
             while True:
                 try:
-                    if isinstance(call, Commands):
-                        pipe = self.client.pipeline(transaction=False)
-                        for command in call.commands:
-                            pipe.execute_command(*command)
-                        reply = await pipe.execute()
-                    else:
-                        reply = await scripts[call.script](keys=call.keys, args=call.args)
+                    with breaker.guard(_redis_down):
+                        if isinstance(call, Commands):
+                            pipe = self.client.pipeline(transaction=False)
+                            for command in call.commands:
+                                pipe.execute_command(*command)
+                            reply = await pipe.execute()
+                        else:
+                            reply = await scripts[call.script](keys=call.keys, args=call.args)
                 except RedisError as exc:
                     raise _unavailable(exc) from exc
                 call = plan.send(reply)
@@ -2305,9 +2335,9 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
         """See :meth:`RedisStore.purge_expired`."""
         return await self._drive(self._ops.purge_expired(batch_size))
 
-    async def stats(self) -> dict[str, int]:
+    async def stats(self) -> dict[str, Any]:
         """See :meth:`RedisStore.stats`."""
-        return await self._drive(self._ops.stats())
+        return {**(await self._drive(self._ops.stats())), "breaker": self.breaker.stats()}
 
     async def lock_acquire(self, sid: str, token: str, ttl_ms: int) -> bool:
         return await self._drive(self._ops.lock_acquire(sid, token, ttl_ms))
