@@ -12,6 +12,7 @@ from tieredstore.base import BaseStore, StateStore
 from tieredstore.config import Limits
 from tieredstore.errors import (
     BackendUnavailable,
+    ConfigurationError,
     InvalidInput,
     InvalidMessage,
     InvalidSessionId,
@@ -47,6 +48,7 @@ __all__ = [
     "AsyncTieredStore",
     "BackendUnavailable",
     "BaseStore",
+    "ConfigurationError",
     "Conversation",
     "FrozenDict",
     "FrozenList",

@@ -11,7 +11,11 @@
     │   ├── InvalidSessionId     malformed session or user id
     │   ├── InvalidMessage       not a JSON object with a string ``role``
     │   └── PayloadTooLarge      a message, call or metadata blob over its limit
-    └── BackendUnavailable       Redis / the database could not be reached
+    ├── ConfigurationError       the server refuses what the store asks (permissions,
+    │                            an unknown command, cross-slot keys, a foreign key
+    │                            of the wrong type): fix the set-up, do not retry
+    └── BackendUnavailable       Redis / the database could not be reached or failed
+        │                        for now: transient, retrying may succeed
         │                        (the driver's exception is ``__cause__``)
         └── SchemaNotReady       the archive tables are missing or out of date
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendUnavailable",
+    "ConfigurationError",
     "InvalidInput",
     "InvalidMessage",
     "InvalidSessionId",
@@ -87,6 +92,20 @@ class InvalidMessage(InvalidInput):
 
 class PayloadTooLarge(InvalidInput):
     """A message, a call, or a metadata object exceeds its configured limit."""
+
+
+class ConfigurationError(TieredStoreError):
+    """A server refused the store's command for a reason retrying will not fix.
+
+    Missing permissions (ACL ``NOPERM``, failed authentication), a disabled or
+    renamed command, keys in different cluster slots, a key of this store's
+    prefix holding another type, or a database error that is not about the
+    connection. The driver's own exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, backend: str, detail: str) -> None:
+        super().__init__(f"{backend} misconfigured: {detail}")
+        self.backend = backend
 
 
 class BackendUnavailable(TieredStoreError, ConnectionError):

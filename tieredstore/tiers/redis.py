@@ -73,7 +73,6 @@ from typing import Any, NamedTuple, Self, TypeVar
 
 import redis
 import redis.asyncio
-from redis.exceptions import RedisError
 
 from tieredstore.aio import AsyncBaseStore
 from tieredstore.base import BaseStore, StoreCore
@@ -89,9 +88,10 @@ from tieredstore.codec import (
     split_entry,
 )
 from tieredstore.config import Limits
-from tieredstore.core import Batch, Order, check_limit, check_session_id
+from tieredstore.core import Batch, Order, check_before, check_limit, check_session_id
 from tieredstore.errors import (
     BackendUnavailable,
+    ConfigurationError,
     InvalidInput,
     SessionExists,
     SessionNotFound,
@@ -99,6 +99,7 @@ from tieredstore.errors import (
 )
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.policy import leading_system, plan_trim
+from tieredstore.tiers.redis_errors import REDIS_ERRORS, translate
 from tieredstore.tiers.transfer import Snapshot, WriteReceipt
 
 __all__ = [
@@ -808,10 +809,13 @@ class RedisKeys:
     __slots__ = ("channel", "exp", "idx", "namespace", "own", "prefix", "root", "user_prefix")
 
     def __init__(self, prefix: str, namespace: str) -> None:
+        # Neither part may hold ':' (nor, as ids, '{' '}'), so a key's first two
+        # ':'-separated fields name its scope and two scopes never share a key.
         self.prefix = _check_part(prefix, "prefix")
         self.namespace = _check_part(namespace, "namespace")
-        if ":" in namespace:
-            raise InvalidInput("namespace must not contain ':'")
+        for what, part in (("prefix", prefix), ("namespace", namespace)):
+            if ":" in part:
+                raise InvalidInput(f"{what} must not contain ':', got {part!r}")
         self.root = f"{prefix}:{namespace}:"
         self.idx = self.root + "idx"
         self.exp = self.root + "exp"
@@ -1228,6 +1232,7 @@ class RedisOps:
         self, sid: str, before: int | None, limit: int
     ) -> Plan[list[tuple[int, Message]] | None]:
         check_limit(limit, maximum=100_000)
+        before = check_before(before)
         k = self.keys
         reply = yield Call(
             "history", [k.messages(sid), k.meta(sid), k.spill(sid)], [_opt(before), limit]
@@ -1413,8 +1418,8 @@ class RedisShared(StoreCore):
         return self  # the lock_* methods below
 
 
-def _unavailable(exc: RedisError) -> BackendUnavailable:
-    return BackendUnavailable("redis", str(exc) or type(exc).__name__)
+def _unavailable(exc: BaseException) -> BackendUnavailable | ConfigurationError:
+    return translate(exc)  # transient (BackendUnavailable) or not (ConfigurationError)
 
 
 class RedisStore(RedisShared, BaseStore):
@@ -1471,7 +1476,7 @@ class RedisStore(RedisShared, BaseStore):
                         reply = pipe.execute()
                     else:
                         reply = scripts[call.script](keys=call.keys, args=call.args)
-                except RedisError as exc:
+                except REDIS_ERRORS as exc:
                     raise _unavailable(exc) from exc
                 call = plan.send(reply)
         except StopIteration as stop:
@@ -1745,7 +1750,7 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
                         reply = await pipe.execute()
                     else:
                         reply = await scripts[call.script](keys=call.keys, args=call.args)
-                except RedisError as exc:
+                except REDIS_ERRORS as exc:
                     raise _unavailable(exc) from exc
                 call = plan.send(reply)
         except StopIteration as stop:
