@@ -22,6 +22,13 @@ _SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})
 _PG_CLASSES = frozenset({"28", "42", "3D", "3F", "0A"})
 # SQLite result codes that say the same of a database file.
 _SQLITE_NAMES = ("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_AUTH", "SQLITE_NOTADB")
+# A refused PostgreSQL connection carries no SQLSTATE, only the server's message.
+_PG_CONNECT_REFUSALS = (
+    "does not exist",  # database or role
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "permission denied",
+)
 
 
 def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
@@ -47,4 +54,7 @@ def misconfigured(exc: sa.exc.SQLAlchemyError) -> bool:
     if state is not None and len(state) == 5:
         return state[:2] in _PG_CLASSES
     name = getattr(exc.orig, "sqlite_errorname", None)
-    return isinstance(name, str) and name.startswith(_SQLITE_NAMES)
+    if isinstance(name, str):
+        return name.startswith(_SQLITE_NAMES)
+    text = str(exc.orig)
+    return "FATAL:" in text and any(refusal in text for refusal in _PG_CONNECT_REFUSALS)
