@@ -1463,7 +1463,7 @@ class RedisStore(RedisShared, BaseStore):
     # -- the I/O shell ------------------------------------------------------
 
     def _drive(self, plan: Plan[T]) -> T:
-        """Run a plan's calls; driver errors become :class:`BackendUnavailable`."""
+        """Run a plan's calls; driver errors become ours (see :mod:`.redis_errors`)."""
         scripts = self._scripts
         try:
             call = next(plan)
@@ -1737,7 +1737,7 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
     # -- the I/O shell ------------------------------------------------------
 
     async def _drive(self, plan: Plan[T]) -> T:
-        """Await a plan's calls; driver errors become :class:`BackendUnavailable`."""
+        """Await a plan's calls; driver errors become ours (see :mod:`.redis_errors`)."""
         scripts = self._scripts
         try:
             call = next(plan)
