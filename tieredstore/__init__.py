@@ -14,6 +14,7 @@ from tieredstore.config import Limits
 from tieredstore.errors import (
     BackendUnavailable,
     CircuitOpen,
+    ConfigurationError,
     InvalidInput,
     InvalidMessage,
     InvalidRecord,
@@ -52,6 +53,7 @@ __all__ = [
     "BaseStore",
     "CircuitBreaker",
     "CircuitOpen",
+    "ConfigurationError",
     "Conversation",
     "FrozenDict",
     "FrozenList",

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from tieredstore.base import StoreCore
 from tieredstore.coherence import AsyncInvalidationListener
-from tieredstore.core import Batch, Order, TTLLike, check_last, check_limit
+from tieredstore.core import Batch, Order, TTLLike, check_before, check_last, check_limit
 from tieredstore.locking import AsyncSessionLock
 from tieredstore.middleware import AsyncConversationBlock
 from tieredstore.model import FrozenDict, Message, MessageLike, Page, Session
@@ -440,7 +440,8 @@ class AsyncTieredStore(TieredShell, AsyncBaseStore):
         self, session_id: str, /, *, before: int | None = None, limit: int = 100
     ) -> HistoryPage:
         """See :meth:`tieredstore.TieredStore.history`."""
-        return await self._drive(self._core.history(self._sid(session_id), before, limit))
+        sid, before = self._sid(session_id), check_before(before)
+        return await self._drive(self._core.history(sid, before, limit))
 
     async def history_all(self, session_id: str, /) -> builtins.list[Message]:
         """See :meth:`tieredstore.TieredStore.history_all`."""

@@ -33,7 +33,7 @@ from tieredstore.core import (
     resolve_ttl_ms,
     system_clock,
 )
-from tieredstore.errors import InvalidInput, SessionExists
+from tieredstore.errors import InvalidInput, InvalidMessage, SessionExists
 from tieredstore.locking import LocalLocks, LockPlan, SessionLock
 from tieredstore.middleware import ConversationBlock, ConversationPlan
 from tieredstore.model import FrozenDict, Message, MessageLike, Page, Session
@@ -95,6 +95,12 @@ class StoreCore:
         limits: Limits | None = None,
         clock: Clock | None = None,
     ) -> None:
+        if limits is not None and not isinstance(limits, Limits):
+            raise InvalidInput(f"limits must be a Limits, got {type(limits).__name__}")
+        if not isinstance(sliding_ttl, bool):
+            raise InvalidInput(f"sliding_ttl must be a bool, got {sliding_ttl!r}")
+        if clock is not None and not callable(clock):
+            raise InvalidInput("clock must be a callable returning unix seconds")
         self.limits = limits or Limits()
         self.default_ttl_ms = resolve_ttl_ms(default_ttl, None)
         if max_messages is not None:
@@ -145,6 +151,10 @@ class StoreCore:
 
     def _merge_args(self, session_id: str, updates: Mapping[str, Any]) -> tuple[str, FrozenDict]:
         sid = self._sid(session_id)
+        if not isinstance(updates, Mapping):
+            raise InvalidMessage(
+                f"metadata updates must be a JSON object, got {type(updates).__name__}"
+            )
         frozen = prepare_metadata(updates, self.limits)
         assert frozen is not None
         return sid, frozen
@@ -196,6 +206,7 @@ class StoreCore:
         ttl: TTLLike | None,
     ) -> ConversationPlan:
         sid = self._sid(session_id)
+        resolve_ttl_ms(ttl, None)  # reject a bad ttl now, not when the block commits
         return ConversationPlan(
             sid,
             last=check_last(last),

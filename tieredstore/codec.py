@@ -103,11 +103,18 @@ def encode_cursor(score: int, member: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
-    """Parse a cursor made by :func:`encode_cursor`; raises :class:`InvalidInput`."""
+    """Parse a cursor made by :func:`encode_cursor`; raises :class:`InvalidInput`.
+
+    The score must fit in 64 bits and the member hold no NUL, as in every
+    cursor a store hands out, so a forged one cannot reach a server as junk.
+    """
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         raw = base64.urlsafe_b64decode(padded.encode("ascii")).decode()
         score, member = raw.split(":", 1)
-        return int(score), member
+        position = int(score), member
     except (ValueError, UnicodeError) as exc:
         raise InvalidInput(f"malformed cursor: {cursor!r}") from exc
+    if not -(2**63) <= position[0] < 2**63 or "\x00" in member:
+        raise InvalidInput(f"malformed cursor: {cursor!r}")
+    return position

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from tieredstore.errors import InvalidInput
 
 __all__ = ["Limits"]
 
@@ -21,3 +23,9 @@ class Limits:
     max_call_bytes: int = 64 * 2**20
     max_metadata_bytes: int = 64 * 2**10
     max_session_id_length: int = 256
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInput(f"Limits.{spec.name} must be a positive integer, got {value!r}")

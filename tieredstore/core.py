@@ -6,6 +6,8 @@ anything is written, with the same error from every tier.
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -24,8 +26,11 @@ __all__ = [
     "Clock",
     "Order",
     "TTLLike",
+    "check_before",
+    "check_last",
     "check_limit",
     "check_order",
+    "check_positive_int",
     "check_session_id",
     "check_user_id",
     "from_ms",
@@ -37,12 +42,17 @@ __all__ = [
 
 Clock = Callable[[], float]
 MAX_TTL_MS = 1000 * 365 * 86_400_000
+#: ``last`` values above this read the whole history (no history is longer).
+MAX_LAST = 2**31 - 1
+#: ``before`` values above this are past every seq a session can reach.
+MAX_SEQ = 2**53
 TTLLike = timedelta | int | float
 Order = Literal["desc", "asc"]
 
 # No whitespace, no control characters, nothing that is special in Redis key
-# patterns or hash tags ({ } [ ] * ? \), at most the configured length.
-_UNSAFE_ID_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f{}\[\]*?\\\u2028\u2029\ufeff]")
+# patterns or hash tags ({ } [ ] * ? \), no lone surrogates (they have no
+# UTF-8 encoding, so no server could store them), at most the configured length.
+_UNSAFE_ID_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f{}\[\]*?\\\u2028\u2029\ufeff\ud800-\udfff]")
 
 
 def check_session_id(session_id: object, limits: Limits, what: str = "session id") -> str:
@@ -56,7 +66,9 @@ def check_session_id(session_id: object, limits: Limits, what: str = "session id
         )
     bad = _UNSAFE_ID_CHARS.search(session_id)
     if bad:
-        raise InvalidSessionId(f"{what} {session_id!r} holds an unsafe character {bad.group()!r}")
+        char = bad.group()
+        why = " (a lone surrogate: not UTF-8)" if "\ud800" <= char <= "\udfff" else ""
+        raise InvalidSessionId(f"{what} {session_id!r} holds an unsafe character {char!r}{why}")
     return session_id
 
 
@@ -83,7 +95,7 @@ EMPTY_BATCH = Batch((), (), "", 0)
 
 
 def prepare_batch(messages: Iterable[MessageLike], limits: Limits) -> Batch:
-    if isinstance(messages, Mapping | str | bytes):
+    if isinstance(messages, Mapping | str | bytes) or not isinstance(messages, Iterable):
         raise InvalidMessage("messages must be a sequence of messages, not a single value")
     frozen: list[Message] = []
     payloads: list[bytes] = []
@@ -148,14 +160,28 @@ def merge_metadata(current: Mapping[str, Any], updates: Mapping[str, Any]) -> Fr
 
 
 def resolve_ttl_ms(ttl: TTLLike | None, default: TTLLike | None) -> int | None:
-    """The TTL of one write in milliseconds, or ``None`` to leave expiry alone."""
+    """The TTL of one write in milliseconds, or ``None`` to leave expiry alone.
+
+    A TTL is a :class:`~datetime.timedelta` or a number of seconds (not a
+    bool), positive, finite and at most :data:`MAX_TTL_MS`.
+    """
     chosen = ttl if ttl is not None else default
     if chosen is None:
         return None
-    seconds = chosen.total_seconds() if isinstance(chosen, timedelta) else float(chosen)
+    if isinstance(chosen, timedelta):
+        seconds = chosen.total_seconds()
+    elif isinstance(chosen, numbers.Real) and not isinstance(chosen, bool):
+        try:
+            seconds = float(chosen)
+        except (OverflowError, ValueError, TypeError):
+            seconds = math.inf
+    else:
+        raise InvalidInput(
+            f"ttl must be a timedelta or a number of seconds, got {type(chosen).__name__}"
+        )
     if not seconds > 0:
         raise InvalidInput(f"ttl must be positive, got {chosen!r}")
-    if seconds * 1000 > MAX_TTL_MS:
+    if not seconds * 1000 <= MAX_TTL_MS:
         raise InvalidInput(f"ttl must be at most {MAX_TTL_MS // 1000} seconds, got {chosen!r}")
     return max(int(seconds * 1000), 1)
 
@@ -166,19 +192,38 @@ def check_limit(value: object, name: str = "limit", maximum: int = 10_000) -> in
     return value
 
 
+def check_positive_int(value: object, name: str) -> int:
+    """A size or count setting: an ``int`` (not a bool) of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def check_last(last: object) -> int | None:
+    """``last`` of a read: ``None`` (everything) or an int >= 0; huge values mean everything."""
     if last is None:
         return None
     if isinstance(last, bool) or not isinstance(last, int) or last < 0:
         raise InvalidInput(f"last must be a non-negative integer, got {last!r}")
-    return last
+    return min(last, MAX_LAST)
+
+
+def check_before(before: object) -> int | None:
+    """``before`` of a history page: ``None`` (the newest) or a seq (an int >= 0)."""
+    if before is None:
+        return None
+    if isinstance(before, bool) or not isinstance(before, int) or before < 0:
+        raise InvalidInput(f"before must be a non-negative integer (a seq), got {before!r}")
+    return min(before, MAX_SEQ)
 
 
 def check_expected_version(expected: object) -> int | None:
     if expected is None:
         return None
-    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
-        raise InvalidInput(f"expected_version must be a non-negative integer, got {expected!r}")
+    if isinstance(expected, bool) or not isinstance(expected, int) or not 0 <= expected < 2**63:
+        raise InvalidInput(
+            f"expected_version must be an integer from 0 to 2**63 - 1, got {expected!r}"
+        )
     return expected
 
 

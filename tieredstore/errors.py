@@ -14,7 +14,11 @@
     │   └── InvalidRecord        a line of an import file is bad (``.line``)
     │       └── RecordTooLarge   ... because it or its message is too large
     │                            (also a PayloadTooLarge)
-    └── BackendUnavailable       Redis / the database could not be reached
+    ├── ConfigurationError       the server refuses what the store asks (permissions,
+    │                            an unknown command, cross-slot keys, a foreign key
+    │                            of the wrong type): fix the set-up, do not retry
+    └── BackendUnavailable       Redis / the database could not be reached or failed
+        │                        for now: transient, retrying may succeed
         │                        (the driver's exception is ``__cause__``)
         ├── SchemaNotReady       the archive tables are missing or out of date
         └── CircuitOpen          the tier's circuit breaker is open: failed fast,
@@ -29,6 +33,7 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailable",
     "CircuitOpen",
+    "ConfigurationError",
     "InvalidInput",
     "InvalidMessage",
     "InvalidRecord",
@@ -117,6 +122,20 @@ class InvalidRecord(InvalidInput):
 
 class RecordTooLarge(InvalidRecord, PayloadTooLarge):
     """An import line, or the message or metadata on it, is over its limit."""
+
+
+class ConfigurationError(TieredStoreError):
+    """A server refused the store's command for a reason retrying will not fix.
+
+    Missing permissions (ACL ``NOPERM``, failed authentication), a disabled or
+    renamed command, keys in different cluster slots, a key of this store's
+    prefix holding another type, or a database error that is not about the
+    connection. The driver's own exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, backend: str, detail: str) -> None:
+        super().__init__(f"{backend} misconfigured: {detail}")
+        self.backend = backend
 
 
 class BackendUnavailable(TieredStoreError, ConnectionError):

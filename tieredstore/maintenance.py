@@ -38,14 +38,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
-
 from tieredstore.codec import decode_json
-from tieredstore.errors import BackendUnavailable, InvalidInput
+from tieredstore.errors import InvalidInput
 from tieredstore.model import FrozenDict
 from tieredstore.policy import plan_trim_bytes
 from tieredstore.tiers.archive import ArchiveCopy, PreparedCopies
 from tieredstore.tiers.redis import _INDEX, _NOW, _SEQ, _TRIM
+from tieredstore.tiers.redis_errors import REDIS_ERRORS, translate
 
 if TYPE_CHECKING:
     from tieredstore.store import TieredStore
@@ -415,8 +414,8 @@ class _Hot:
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except RedisError as exc:
-            raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
+        except REDIS_ERRORS as exc:
+            raise translate(exc) from exc
 
     def now_ms(self) -> int:
         seconds, micros = self._call(self.client.time)

@@ -20,6 +20,7 @@ from typing import Any, Literal, NoReturn
 from tieredstore.errors import InvalidMessage
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "FrozenDict",
     "FrozenList",
     "Message",
@@ -35,6 +36,10 @@ Tier = Literal["memory", "redis", "archive"]
 
 _INT64_MIN = -(2**63)
 _UINT64_MAX = 2**64 - 1
+#: How deeply objects and arrays may nest in a message or in metadata (the
+#: message object itself is level 1). The codec stops at 254 levels; this
+#: leaves room for the records that embed a message or metadata (export).
+MAX_JSON_DEPTH = 128
 
 
 def _immutable(self: object, *args: object, **kwargs: object) -> NoReturn:
@@ -158,7 +163,9 @@ def _check_role(message: Mapping[str, Any]) -> None:
         raise InvalidMessage("a message needs a string 'role'")
 
 
-def _validated_object(value: Mapping[Any, Any], where: str) -> dict[str, Any]:
+def _validated_object(value: Mapping[Any, Any], where: str, depth: int = 1) -> dict[str, Any]:
+    if depth > MAX_JSON_DEPTH:
+        _too_deep(where)
     out: dict[str, Any] = {}
     for key, item in value.items():
         if type(key) is not str:
@@ -166,11 +173,12 @@ def _validated_object(value: Mapping[Any, Any], where: str) -> dict[str, Any]:
                 key = str(key)
             else:
                 raise InvalidMessage(f"{where}: object keys must be strings, got {key!r}")
-        out[key] = _validated(item, where)
+        out[key] = _validated(item, where, depth)
     return out
 
 
-def _validated(value: Any, where: str) -> Any:
+def _validated(value: Any, where: str, depth: int) -> Any:
+    """``value`` (inside a container at ``depth``) validated, frozen JSON."""
     kind = type(value)
     if kind is str or kind is bool or value is None:
         return value
@@ -182,21 +190,55 @@ def _validated(value: Any, where: str) -> Any:
         if not math.isfinite(value):
             raise InvalidMessage(f"{where}: {value} is not a JSON number")
         return value
-    if kind is FrozenDict or kind is FrozenList:
-        return value
+    if (kind is FrozenDict or kind is FrozenList) and _is_frozen_json(value, depth + 1):
+        return value  # shared as is; anything odd inside is rebuilt (or rejected) below
     if isinstance(value, Mapping):
-        return FrozenDict(_validated_object(value, where))
+        return FrozenDict(_validated_object(value, where, depth + 1))
     if isinstance(value, list | tuple):
-        return FrozenList([_validated(item, where) for item in value])
+        if depth + 1 > MAX_JSON_DEPTH:
+            _too_deep(where)
+        return FrozenList([_validated(item, where, depth + 1) for item in value])
     if isinstance(value, str):
         return str(value)
     if isinstance(value, bool):
         return bool(value)
     if isinstance(value, int):
-        return _validated(int(value), where)
+        return _validated(int(value), where, depth)
     if isinstance(value, float):
-        return _validated(float(value), where)
+        return _validated(float(value), where, depth)
     raise InvalidMessage(f"{where}: {type(value).__name__} is not JSON-serialisable")
+
+
+def _is_frozen_json(value: FrozenDict | FrozenList, depth: int) -> bool:
+    """Whether ``value`` (at ``depth``) holds only valid frozen JSON, so it can be shared."""
+    if depth > MAX_JSON_DEPTH:
+        return False
+    if type(value) is FrozenDict:
+        if not all(type(key) is str for key in value):
+            return False
+        items: Any = value.values()
+    else:
+        items = value
+    for item in items:
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if not _INT64_MIN <= item <= _UINT64_MAX:
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is FrozenDict or kind is FrozenList:
+            if not _is_frozen_json(item, depth + 1):
+                return False
+        else:
+            return False
+    return True
+
+
+def _too_deep(where: str) -> NoReturn:
+    raise InvalidMessage(f"{where}: objects and arrays nest deeper than {MAX_JSON_DEPTH} levels")
 
 
 def freeze_json(value: Any) -> Any:

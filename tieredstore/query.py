@@ -57,7 +57,13 @@ from sqlalchemy.dialects import postgresql
 from tieredstore.codec import encode_json
 from tieredstore.config import Limits
 from tieredstore.core import check_session_id, check_user_id
-from tieredstore.errors import BackendUnavailable, InvalidInput, SessionExists
+from tieredstore.errors import (
+    BackendUnavailable,
+    ConfigurationError,
+    InvalidInput,
+    SchemaNotReady,
+    SessionExists,
+)
 from tieredstore.jsonl import (
     MESSAGE_COLUMNS,
     ExportLines,
@@ -70,6 +76,7 @@ from tieredstore.jsonl import json_object as _json_dict
 from tieredstore.schema import DEFAULT_FTS_LANGUAGE, FTS_INDEX, normalize_url
 from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import sessions as SESSIONS
+from tieredstore.tiers.sql_errors import misconfigured, schema_missing
 
 if TYPE_CHECKING:
     from tieredstore.store import TieredStore
@@ -225,9 +232,12 @@ class ArchiveQuery:
             self._owns_engine = True
         else:
             engine = source.engine
-            namespace = namespace or source.namespace
+            namespace = source.namespace if namespace is None else namespace
         self.engine = engine
-        self.namespace = namespace or "default"
+        # The same rule as the stores' (namespaces are compared exactly in SQL).
+        self.namespace = check_session_id(
+            "default" if namespace is None else namespace, Limits(), what="namespace"
+        )
         self._pg = engine.dialect.name == "postgresql"
         if language is not None and not _LANGUAGE.fullmatch(language):
             raise InvalidInput(f"not a text-search configuration name: {language!r}")
@@ -261,7 +271,8 @@ class ArchiveQuery:
 
     def _live(self, include_expired: bool) -> sa.ColumnElement[bool]:
         if include_expired:
-            return sa.true()
+            return _S.version > 0  # a delete's tombstone row is no session
+
         now = int(self.clock() * 1000)
         return sa.or_(_S.expires_ms.is_(None), _S.expires_ms > now)
 
@@ -717,7 +728,7 @@ class AsyncArchiveQuery:
             self._owns_engine = True
         else:
             engine = source.engine
-            namespace = namespace or source.namespace
+            namespace = source.namespace if namespace is None else namespace
         self.engine: AsyncEngine = engine
         self.sync = ArchiveQuery(engine.sync_engine, namespace=namespace, language=language,
                                  clock=clock)
@@ -803,8 +814,9 @@ def erase(store: TieredStore, user_id: str, *, batch_size: int = 1000) -> EraseR
     archive all the same. The archive delete runs even when Redis fails; the
     Redis error is raised after it (erase is idempotent: run it again).
     """
-    if not isinstance(user_id, str) or not user_id:
+    if user_id is None:
         raise InvalidInput("erase needs a user id")
+    check_user_id(user_id, store.limits)
     report = EraseReport(user_id)
     redis, archive, memory = store.redis, store.archive, store.memory
     query = ArchiveQuery(archive) if archive is not None else None
@@ -912,12 +924,18 @@ def _decode_cursor(cursor: str, size: int) -> list[Any]:
     return parts
 
 
-def _translate(engine: sa.Engine, exc: Exception) -> BackendUnavailable:
-    """A database error (SQLAlchemy's or the driver's own) as :class:`BackendUnavailable`."""
+def _translate(engine: sa.Engine, exc: Exception) -> BackendUnavailable | ConfigurationError:
+    """A database error (SQLAlchemy's or the driver's own) as one of ours."""
     where = engine.url.render_as_string(hide_password=True)
     orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
     text = str(orig).strip()
-    return BackendUnavailable("database", f"{where}: {text.splitlines()[0] if text else exc}")
+    first = text.splitlines()[0] if text else str(exc)
+    detail = f"{where}: {first}"
+    if schema_missing(exc, first):
+        return SchemaNotReady("database", f"{detail}; run tieredstore.migrate(url) first")
+    if misconfigured(exc):
+        return ConfigurationError("database", detail)
+    return BackendUnavailable("database", detail)
 
 
 def _index_language(conn: sa.Connection) -> str:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tieredstore.base import BaseStore
 from tieredstore.coherence import InvalidationListener
-from tieredstore.core import Batch, Order, check_last, check_limit
+from tieredstore.core import Batch, Order, check_before, check_last, check_limit
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.plans import Plan, run
 from tieredstore.tiering import (
@@ -158,7 +158,8 @@ class TieredStore(TieredShell, BaseStore):
         ``before`` is a seq from a previous page's ``next_before``. Use it to
         page back beyond the hot window that ``load`` returns.
         """
-        return self._drive(self._core.history(self._sid(session_id), before, limit))
+        sid, before = self._sid(session_id), check_before(before)
+        return self._drive(self._core.history(sid, before, limit))
 
     def history_all(self, session_id: str, /) -> builtins.list[Message]:
         """Every message of the session, archive included, oldest first."""

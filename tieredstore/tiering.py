@@ -211,6 +211,10 @@ class TieredCore(Reconciler):
             raise InvalidInput(
                 f"durability must be 'archive' or 'write_through', got {durability!r}"
             )
+        if isinstance(stale_after, bool) or not isinstance(stale_after, int | float) or not (
+            0 <= stale_after <= 365 * 86_400
+        ):
+            raise InvalidInput(f"stale_after must be a number of seconds, got {stale_after!r}")
         self.memory = memory
         self.has_redis = has_redis
         self.has_archive = has_archive

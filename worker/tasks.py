@@ -43,6 +43,7 @@ from celery import Task
 from tieredstore import maintenance
 from tieredstore.maintenance import MaintenanceResult, MaintenanceSettings
 from tieredstore.store import TieredStore
+from tieredstore.tiers.redis import RedisKeys
 from worker.app import app, broker_url
 
 __all__ = [
@@ -106,7 +107,7 @@ class Maintenance:
                 raise RuntimeError("the worker needs Redis for its locks: set TIEREDSTORE_LOCK_URL")
             client = redis.Redis.from_url(url)
             prefix = env.get("TIEREDSTORE_PREFIX", "ts")
-            root = f"{prefix}:{env.get('TIEREDSTORE_NAMESPACE', 'default')}:"
+            root = RedisKeys(prefix, env.get("TIEREDSTORE_NAMESPACE", "default")).root
         return cls(store, settings, client, root + "maint:")
 
     def claim_slot(self, task: str, interval: float) -> tuple[bool, int]:

@@ -47,6 +47,7 @@ from tieredstore.codec import decode_cursor, decode_message, encode_cursor, enco
 from tieredstore.core import (
     Batch,
     Order,
+    check_before,
     check_limit,
     check_session_id,
     from_ms,
@@ -55,6 +56,7 @@ from tieredstore.core import (
 )
 from tieredstore.errors import (
     BackendUnavailable,
+    ConfigurationError,
     InvalidInput,
     SchemaNotReady,
     SessionExists,
@@ -73,6 +75,7 @@ from tieredstore.policy import (
 from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import normalize_url
 from tieredstore.schema import sessions as SESSIONS
+from tieredstore.tiers.sql_errors import misconfigured, schema_missing
 from tieredstore.tiers.transfer import DEFAULT_TOMBSTONE_TTL, HistoryPart, SessionFenced
 from tieredstore.timeouts import IO_OPTION, WATCHDOG, ArchiveTimeouts, db_failure
 
@@ -221,11 +224,6 @@ _DETACHED = (
     .where(_S.namespace == _NS, _S.detached)
     .order_by(_S.session_id)
     .limit(_LAST)
-)
-_TOMBSTONES = sa.select(_S.session_id, _S.deleted_ms).where(
-    _S.namespace == _NS,
-    _S.session_id.in_(sa.bindparam("ids", expanding=True)),
-    _S.deleted_ms.is_not(None),
 )
 _MESSAGES_AT = sa.select(_M.seq, _M.payload, _M.created_ms).where(
     _MKEY, _M.seq.in_(sa.bindparam("seqs", expanding=True))
@@ -384,8 +382,6 @@ _LIST = {
 _MAX_ATTEMPTS = 8
 # SQLSTATEs worth retrying the whole transaction for: serialization failure, deadlock.
 _RETRY_SQLSTATES = frozenset({"40001", "40P01"})
-# SQLSTATEs that mean the schema is missing or older than this code.
-_SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})
 
 _SQLITE_CONFIGURED = "tieredstore_sqlite_configured"
 _SQLITE_BEGIN = "tieredstore_sqlite_begin"
@@ -734,7 +730,7 @@ class ArchiveShared(StoreCore):
     def _lock_scope(self) -> str:
         # Sync and async stores on one database share their process-local locks.
         url = self._url.set(drivername=self._url.get_backend_name())
-        return f"archive:{url.render_as_string(hide_password=True)}:{self.namespace}"
+        return repr(("archive", url.render_as_string(hide_password=True), self.namespace))
 
     # -- plumbing -------------------------------------------------------------
 
@@ -785,22 +781,19 @@ class ArchiveShared(StoreCore):
             return True
         return not self._pg and "database is locked" in str(exc.orig)
 
-    def _translate(self, exc: sa.exc.SQLAlchemyError) -> BackendUnavailable:
+    def _translate(self, exc: sa.exc.SQLAlchemyError) -> BackendUnavailable | ConfigurationError:
         where = self._url.render_as_string(hide_password=True)
         orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
         text = str(orig).strip()
         detail = text.splitlines()[0] if text else type(orig).__name__
-        missing = isinstance(exc, sa.exc.DBAPIError) and (
-            _sqlstate(exc) in _SCHEMA_SQLSTATES
-            or "no such table: tieredstore_" in detail
-            or "no such column" in detail
-        )
-        if missing:
+        if schema_missing(exc, detail):
             return SchemaNotReady(
                 "database",
                 f"the tieredstore tables in {where} are missing or out of date; "
                 f"run tieredstore.migrate(url) first ({detail})",
             )
+        if misconfigured(exc):
+            return ConfigurationError("database", f"{where}: {detail}")
         return BackendUnavailable("database", f"{where}: {detail}")
 
     @staticmethod
@@ -1368,7 +1361,8 @@ class ArchiveShared(StoreCore):
         self, session_id: str, before: int | None, limit: int
     ) -> Plan[HistoryPart | None]:
         """The plan of :meth:`ArchiveStore.history_page`."""
-        sid = self._sid(session_id)
+        sid, before = self._sid(session_id), check_before(before)
+        check_limit(limit, maximum=100_000)
 
         def work(conn: sa.Connection) -> HistoryPart | None:
             params = self._params(sid, self._now_ms(), last=limit)

@@ -22,7 +22,7 @@ from sortedcontainers import SortedList
 
 from tieredstore.base import BaseStore
 from tieredstore.codec import decode_cursor, encode_cursor, encode_json
-from tieredstore.core import Batch, Order, from_ms, merge_metadata, to_ms
+from tieredstore.core import Batch, Order, check_positive_int, from_ms, merge_metadata, to_ms
 from tieredstore.errors import PayloadTooLarge, SessionExists, SessionNotFound, VersionConflict
 from tieredstore.model import EMPTY_METADATA, FrozenDict, Message, Page, Session
 from tieredstore.policy import plan_trim
@@ -111,8 +111,8 @@ class MemoryStore(BaseStore):
         **options: Any,
     ) -> None:
         super().__init__(**options)
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
+        self.max_entries = check_positive_int(max_entries, "max_entries")
+        self.max_bytes = check_positive_int(max_bytes, "max_bytes")
         self._lock = threading.RLock()
         self._cache = _EvictingLRU(max_bytes, self._forget)
         self._by_activity: SortedList = SortedList()

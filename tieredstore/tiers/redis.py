@@ -81,7 +81,6 @@ from typing import Any, NamedTuple, Self, TypeVar
 
 import redis
 import redis.asyncio
-from redis.exceptions import RedisError
 
 from tieredstore.aio import AsyncBaseStore
 from tieredstore.base import BaseStore, StoreCore
@@ -98,9 +97,10 @@ from tieredstore.codec import (
     split_entry,
 )
 from tieredstore.config import Limits
-from tieredstore.core import EMPTY_BATCH, Batch, Order, check_limit, check_session_id
+from tieredstore.core import EMPTY_BATCH, Batch, Order, check_before, check_limit, check_session_id
 from tieredstore.errors import (
     BackendUnavailable,
+    ConfigurationError,
     InvalidInput,
     SessionExists,
     SessionNotFound,
@@ -108,6 +108,7 @@ from tieredstore.errors import (
 )
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.policy import leading_system, plan_trim
+from tieredstore.tiers.redis_errors import REDIS_ERRORS, translate
 from tieredstore.tiers.transfer import (
     DEFAULT_TOMBSTONE_TTL,
     HistoryPart,
@@ -962,10 +963,13 @@ class RedisKeys:
     )
 
     def __init__(self, prefix: str, namespace: str) -> None:
+        # Neither part may hold ':' (nor, as ids, '{' '}'), so a key's first two
+        # ':'-separated fields name its scope and two scopes never share a key.
         self.prefix = _check_part(prefix, "prefix")
         self.namespace = _check_part(namespace, "namespace")
-        if ":" in namespace:
-            raise InvalidInput("namespace must not contain ':'")
+        for what, part in (("prefix", prefix), ("namespace", namespace)):
+            if ":" in part:
+                raise InvalidInput(f"{what} must not contain ':', got {part!r}")
         self.root = f"{prefix}:{namespace}:"
         self.idx = self.root + "idx"
         self.exp = self.root + "exp"
@@ -1538,6 +1542,7 @@ class RedisOps:
 
     def history_page(self, sid: str, before: int | None, limit: int) -> Plan[HistoryPart | None]:
         check_limit(limit, maximum=100_000)
+        before = check_before(before)
         k = self.keys
         reply = yield Call(
             "history", [k.messages(sid), k.meta(sid), k.spill(sid)], [_opt(before), limit]
@@ -1743,8 +1748,8 @@ def _tombstone_ms(seconds: object) -> int:
     return int(seconds * 1000)
 
 
-def _unavailable(exc: RedisError) -> BackendUnavailable:
-    return BackendUnavailable("redis", str(exc) or type(exc).__name__)
+def _unavailable(exc: BaseException) -> BackendUnavailable | ConfigurationError:
+    return translate(exc)  # transient (BackendUnavailable) or not (ConfigurationError)
 
 
 def _redis_down(exc: BaseException) -> bool:
@@ -1802,7 +1807,7 @@ class RedisStore(RedisShared, BaseStore):
     # -- the I/O shell ------------------------------------------------------
 
     def _drive(self, plan: Plan[T]) -> T:
-        """Run a plan's calls; driver errors become :class:`BackendUnavailable`.
+        """Run a plan's calls; driver errors become ours (see :mod:`.redis_errors`).
 
         Each call passes the circuit breaker, which fails it fast while open.
         """
@@ -1819,7 +1824,7 @@ class RedisStore(RedisShared, BaseStore):
                             reply = pipe.execute()
                         else:
                             reply = scripts[call.script](keys=call.keys, args=call.args)
-                except RedisError as exc:
+                except REDIS_ERRORS as exc:
                     raise _unavailable(exc) from exc
                 call = plan.send(reply)
         except StopIteration as stop:
@@ -2127,7 +2132,7 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
     # -- the I/O shell ------------------------------------------------------
 
     async def _drive(self, plan: Plan[T]) -> T:
-        """Await a plan's calls; driver errors become :class:`BackendUnavailable`."""
+        """Await a plan's calls; driver errors become ours (see :mod:`.redis_errors`)."""
         scripts, breaker = self._scripts, self.breaker
         try:
             call = next(plan)
@@ -2141,7 +2146,7 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
                             reply = await pipe.execute()
                         else:
                             reply = await scripts[call.script](keys=call.keys, args=call.args)
-                except RedisError as exc:
+                except REDIS_ERRORS as exc:
                     raise _unavailable(exc) from exc
                 call = plan.send(reply)
         except StopIteration as stop:
