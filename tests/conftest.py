@@ -447,3 +447,25 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
 def store(harness: Harness) -> Any:
     """A store of the configuration under test (async ones behind a SyncFacade)."""
     return harness.make()
+
+
+@pytest.fixture
+def make_tiered(
+    redis_client: Any, redis_prefix: str, pg_engine: Any, namespace: str
+) -> Iterator[Callable[..., Any]]:
+    """``TieredStore.from_clients`` on the shared Redis and PostgreSQL, in the
+    test module's ``namespace``; every store made is closed at the end."""
+    from tieredstore.store import TieredStore
+
+    made: list[TieredStore] = []
+
+    def make(**options: Any) -> TieredStore:
+        options.setdefault("redis", redis_client)
+        options.setdefault("engine", pg_engine)
+        store = TieredStore.from_clients(namespace=namespace, prefix=redis_prefix, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()

@@ -38,24 +38,6 @@ def namespace() -> str:
     return f"tiered-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-def make_tiered(
-    redis_client: Any, redis_prefix: str, pg_engine: Any, namespace: str
-) -> Iterator[Callable[..., TieredStore]]:
-    made: list[TieredStore] = []
-
-    def make(**options: Any) -> TieredStore:
-        options.setdefault("redis", redis_client)
-        options.setdefault("engine", pg_engine)
-        store = TieredStore.from_clients(namespace=namespace, prefix=redis_prefix, **options)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
-
-
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -43,7 +43,13 @@ from tieredstore.plans import Op, Plan
 from tieredstore.policy import message_kind, plan_trim
 from tieredstore.reconciling import Reconciler
 from tieredstore.tiers.memory import MemoryStore, SessionEntry, entry_size
-from tieredstore.tiers.transfer import HistoryPart, SessionFenced, Snapshot, WriteReceipt
+from tieredstore.tiers.transfer import (
+    DEFAULT_TOMBSTONE_TTL,
+    HistoryPart,
+    SessionFenced,
+    Snapshot,
+    WriteReceipt,
+)
 
 __all__ = [
     "Durability",
@@ -158,6 +164,7 @@ def tier_options(
     max_messages: int | None,
     has_redis: bool,
     has_archive: bool,
+    tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Options of the Redis and the archive tier of one tiered store.
 
@@ -169,9 +176,11 @@ def tier_options(
         "prefix": prefix,
         "max_messages": max_messages,
         "spill": durability == "archive" and has_archive,
+        "tombstone_ttl": tombstone_ttl,
     }
     archive_options = {
         "namespace": namespace,
+        "tombstone_ttl": tombstone_ttl,
         "max_messages": None if has_redis else max_messages,
     }
     return redis_options, archive_options
@@ -811,6 +820,7 @@ class TieredShell(StoreCore):
         max_messages: int | None = None,
         durability: Durability = "archive",
         migrate: bool = False,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
         **options: Any,
     ) -> Self:
         """Build the tiers from URLs; a ``None`` URL leaves that tier out.
@@ -827,6 +837,7 @@ class TieredShell(StoreCore):
             max_messages=max_messages,
             has_redis=bool(redis_url),
             has_archive=bool(database_url),
+            tombstone_ttl=tombstone_ttl,
         )
         redis_store = archive_store = None
         if redis_url:
@@ -862,6 +873,7 @@ class TieredShell(StoreCore):
         durability: Durability = "archive",
         max_messages: int | None = None,
         clock: Any | None = None,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
         **options: Any,
     ) -> Self:
         """Build the tiers over a Redis client and a SQLAlchemy engine you already have.
@@ -879,6 +891,7 @@ class TieredShell(StoreCore):
             max_messages=max_messages,
             has_redis=redis is not None,
             has_archive=engine is not None,
+            tombstone_ttl=tombstone_ttl,
         )
         redis_store = redis_cls(redis, **redis_options) if redis is not None else None
         archive_store = (

@@ -14,7 +14,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -38,24 +38,6 @@ def msg(i: int | str) -> dict[str, Any]:
 @pytest.fixture
 def namespace() -> str:
     return f"faults-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def make_tiered(
-    redis_client: Any, redis_prefix: str, pg_engine: Any, namespace: str
-) -> Iterator[Callable[..., TieredStore]]:
-    made: list[TieredStore] = []
-
-    def make(**options: Any) -> TieredStore:
-        options.setdefault("redis", redis_client)
-        options.setdefault("engine", pg_engine)
-        store = TieredStore.from_clients(namespace=namespace, prefix=redis_prefix, **options)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
 
 
 def gone_everywhere(store: TieredStore, archive: ArchiveStore, sid: str) -> bool:
@@ -226,6 +208,18 @@ class AppServer:
         self.versions.append(self.store.append("s", message))
         self.acked.append(message)
 
+    def wait_for_redis(self, timeout: float = 20.0) -> None:
+        """Until this server reaches Redis again (its breaker closes after the cool-down);
+        its first call then reconciles what the archive took meanwhile."""
+        assert self.store.redis is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            self.store.list()  # always asks Redis (a read could be a memory hit)
+            if self.store.redis.breaker.state == "closed":
+                return
+            assert time.monotonic() < deadline, "Redis did not come back"
+            time.sleep(0.05)
+
     def close(self) -> None:
         self.store.close()
         self.client.close()
@@ -250,7 +244,9 @@ def test_write_through_partition_heal_one_server(
         assert app.store.delete("doomed") is True
         assert set(app.store.list().ids) == {"s"}  # listed from the archive meanwhile
         app.proxy.up()
-        for i in range(10, 15):
+        app.append(msg(10))  # while the breaker still fails fast: the archive takes it
+        app.wait_for_redis()
+        for i in range(11, 15):
             app.append(msg(i))
         fresh = TieredStore.from_clients(
             redis=app.client, engine=pg_engine, namespace=namespace, memory_max_bytes=None
@@ -284,6 +280,8 @@ def test_write_through_partition_heal_two_servers(
             (a if i % 2 else b).append(msg(f"dark-{i}"))
         a.proxy.up()
         b.proxy.up()
+        a.wait_for_redis()
+        b.wait_for_redis()
         for i in range(4):
             (a if i % 2 else b).append(msg(f"after-{i}"))
         reconcile_task(a.store)
