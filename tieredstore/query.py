@@ -814,9 +814,8 @@ def erase(store: TieredStore, user_id: str, *, batch_size: int = 1000) -> EraseR
     archive all the same. The archive delete runs even when Redis fails; the
     Redis error is raised after it (erase is idempotent: run it again).
     """
-    if user_id is None:
-        raise InvalidInput("erase needs a user id")
-    check_user_id(user_id, store.limits)
+    if not isinstance(user_id, str) or not user_id:
+        raise InvalidInput("erase needs a user id (a non-empty string)")
     report = EraseReport(user_id)
     redis, archive, memory = store.redis, store.archive, store.memory
     query = ArchiveQuery(archive) if archive is not None else None
