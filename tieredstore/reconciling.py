@@ -8,7 +8,7 @@ keeps the two durable tiers agreeing in ``durability="write_through"``:
   Once the archive has the write (:meth:`Reconciler._mirror`) the record is
   acknowledged and dropped. When the archive is unreachable the write is
   still acknowledged: its record stays in Redis until the next write to the
-  session, or the worker (:func:`tieredstore.maintenance.drain_outboxes`),
+  session, or the worker (:func:`tieredstore.maintenance.reconcile`),
   copies it over (:meth:`Reconciler.drain_outbox`).
 * **Detached sessions.** When Redis is unreachable the archive takes the
   write itself and marks the session *detached*: the Redis copy, if any, is
@@ -26,6 +26,7 @@ and every cross-tier copy is conditional on it, see :mod:`tieredstore.tiering`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -35,19 +36,24 @@ from tieredstore.errors import BackendUnavailable
 from tieredstore.plans import Op, Plan
 from tieredstore.tiers.transfer import SessionFenced, Snapshot, WriteReceipt
 
-__all__ = ["Reconciler"]
+__all__ = ["Reconciler", "archive_op", "redis_op"]
 
 log = logging.getLogger(__name__)
 
 _SWEEP_BATCH = 1000
 
 
-def _redis(name: str, *args: Any, **kwargs: Any) -> Op:
+def redis_op(name: str, *args: Any, **kwargs: Any) -> Op:
+    """A call of the Redis tier's method ``name`` (see :mod:`tieredstore.plans`)."""
     return Op("redis", name, args, kwargs)
 
 
-def _archive(name: str, *args: Any, **kwargs: Any) -> Op:
+def archive_op(name: str, *args: Any, **kwargs: Any) -> Op:
+    """A call of the archive tier's method ``name``."""
     return Op("archive", name, args, kwargs)
+
+
+_redis, _archive = redis_op, archive_op
 
 
 class Reconciler:
@@ -71,8 +77,6 @@ class Reconciler:
         self._redis_failures = 0
         self._swept_failures = 0
         self._sweep_lock = threading.Lock()
-        self.reconciled = 0
-        self.outbox_drained = 0
 
     @property
     def _redis_lost(self) -> bool:
@@ -133,7 +137,6 @@ class Reconciler:
             snap = yield from self._archive_window(sid)
             if snap is not None:
                 yield _redis("promote", snap)
-            self.reconciled += 1
             return int(decision.version)
         return int(decision.version)
 
@@ -215,11 +218,9 @@ class Reconciler:
         except BackendUnavailable as exc:
             failure = exc
         if done:
-            try:
+            # On failure the records stay and are drained again (mirrors are idempotent).
+            with contextlib.suppress(BackendUnavailable):
                 yield _redis("outbox_ack", sid, created, done)
-                self.outbox_drained += len(done)
-            except BackendUnavailable:
-                pass  # the records stay and are drained again (mirrors are idempotent)
         if fenced:
             yield from self.reconcile(sid)
         if failure is not None:

@@ -42,6 +42,8 @@ from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.plans import Op, Plan
 from tieredstore.policy import message_kind, plan_trim
 from tieredstore.reconciling import Reconciler
+from tieredstore.reconciling import archive_op as _archive
+from tieredstore.reconciling import redis_op as _redis
 from tieredstore.tiers.memory import MemoryStore, SessionEntry, entry_size
 from tieredstore.tiers.transfer import (
     DEFAULT_TOMBSTONE_TTL,
@@ -186,12 +188,10 @@ def tier_options(
     return redis_options, archive_options
 
 
-def _redis(name: str, *args: Any, **kwargs: Any) -> Op:
-    return Op("redis", name, args, kwargs)
-
-
-def _archive(name: str, *args: Any, **kwargs: Any) -> Op:
-    return Op("archive", name, args, kwargs)
+def _kept_moving(sid: str) -> BackendUnavailable:
+    return BackendUnavailable(
+        "redis", f"session {sid!r} kept moving between tiers during the write; retry"
+    )
 
 
 class TieredCore(Reconciler):
@@ -353,6 +353,11 @@ class TieredCore(Reconciler):
         return slid
 
     # -- Redis calls ------------------------------------------------------------------
+
+    def _archive_takes_over(self, exc: BackendUnavailable) -> bool:
+        """Whether the archive serves a call that failed with ``exc`` (write_through,
+        Redis unreachable) instead of the error reaching the caller."""
+        return self.write_through and exc.backend == "redis"
 
     def _redis_call(self, name: str, *args: Any, **kwargs: Any) -> Plan[Any]:
         """Call Redis; after an outage, first reconcile what the archive took meanwhile."""
@@ -529,9 +534,7 @@ class TieredCore(Reconciler):
                 self.invalidations_sent += 1
                 return result
             create = not (yield from self._ensure_hot(sid))
-        raise BackendUnavailable(
-            "redis", f"session {sid!r} kept moving between tiers during the write; retry"
-        )
+        raise _kept_moving(sid)
 
     def save(
         self,
@@ -556,7 +559,7 @@ class TieredCore(Reconciler):
         try:
             receipt = yield from self._write_redis("write_save", sid, batch=batch, **options)
         except BackendUnavailable as exc:
-            if not (self.write_through and exc.backend == "redis"):
+            if not self._archive_takes_over(exc):
                 raise
             receipt = yield _archive("write_save", sid, batch, detached=True, **options)
             self._memory_forget(sid)
@@ -581,7 +584,7 @@ class TieredCore(Reconciler):
         try:
             receipt = yield from self._write_redis("write_append", sid, batch=batch, **options)
         except BackendUnavailable as exc:
-            if not (self.write_through and exc.backend == "redis"):
+            if not self._archive_takes_over(exc):
                 raise
             receipt = yield _archive("write_append", sid, batch, detached=True, **options)
             self._memory_forget(sid)
@@ -611,16 +614,14 @@ class TieredCore(Reconciler):
                     raise
                 continue
             except BackendUnavailable as exc:
-                if not (self.write_through and exc.backend == "redis"):
+                if not self._archive_takes_over(exc):
                     raise
                 merged = yield _archive("write_merge_metadata", sid, updates, detached=True)
                 self._memory_forget(sid)
                 return merged  # type: ignore[no-any-return]
             break
         else:
-            raise BackendUnavailable(
-                "redis", f"session {sid!r} kept moving between tiers during the write; retry"
-            )
+            raise _kept_moving(sid)
         self.invalidations_sent += 1
         self._memory_forget(sid)
         if self.write_through:
@@ -643,13 +644,12 @@ class TieredCore(Reconciler):
             try:
                 existed, tombstone = yield from self._redis_call("write_delete", sid)
             except BackendUnavailable as exc:
-                if not (self.write_through and exc.backend == "redis"):
+                if not self._archive_takes_over(exc):
                     raise
                 redis_down = True
-            self.invalidations_sent += 1
-        if tombstone:
-            self.seen.note(sid, (tombstone, 0))
-        self._memory_forget(sid)
+            else:
+                self.invalidations_sent += 1
+                self.seen.note(sid, (tombstone, 0))
         if self.has_archive:
             gone = yield _archive("delete_at", sid, floor_ms=tombstone, detached=redis_down)
             existed = bool(gone) or existed
@@ -683,7 +683,7 @@ class TieredCore(Reconciler):
             try:
                 return (yield from self._merged_list(user_id, limit, cursor, order))
             except BackendUnavailable as exc:
-                if not (self.write_through and exc.backend == "redis"):
+                if not self._archive_takes_over(exc):
                     raise
                 # Every write reached the archive (or is waiting in an outbox).
                 cold: Page = yield _archive("_list", user_id, limit, cursor, order)
@@ -741,18 +741,13 @@ class TieredCore(Reconciler):
         if not parts:
             raise SessionNotFound(sid)
         pairs: dict[int, Message] = {}
-        hot = parts.get("redis")
+        current = parts.get("redis") or parts["archive"]
         for part in parts.values():
-            if hot is not None and part is not hot:
-                if part.created_ms != hot.created_ms:
-                    continue
-                part = HistoryPart(
-                    part.created_ms,
-                    hot.base_seq,
-                    [(seq, m) for seq, m in part.pairs if seq >= hot.base_seq],
-                )
+            if part.created_ms != current.created_ms:
+                continue
             for seq, message in part.pairs:
-                pairs.setdefault(seq, message)
+                if seq >= current.base_seq:
+                    pairs.setdefault(seq, message)
         seqs = sorted(pairs)[-limit:]
         next_before = seqs[0] if seqs and (len(pairs) >= limit) else None
         return HistoryPage([pairs[s] for s in seqs], seqs, next_before)

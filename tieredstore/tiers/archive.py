@@ -76,7 +76,12 @@ from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import normalize_url
 from tieredstore.schema import sessions as SESSIONS
 from tieredstore.tiers.sql_errors import misconfigured, schema_missing
-from tieredstore.tiers.transfer import DEFAULT_TOMBSTONE_TTL, HistoryPart, SessionFenced
+from tieredstore.tiers.transfer import (
+    DEFAULT_TOMBSTONE_TTL,
+    HistoryPart,
+    SessionFenced,
+    tombstone_ms,
+)
 from tieredstore.timeouts import IO_OPTION, WATCHDOG, ArchiveTimeouts, db_failure
 
 if TYPE_CHECKING:
@@ -140,7 +145,6 @@ _SHARE_LIVE = _SELECT_LIVE.with_for_update(read=True)
 _EXISTS = sa.select(sa.literal(1)).where(_KEY, _LIVE)
 _COUNT = sa.select(_S.message_count).where(_KEY, _LIVE)
 _UPDATE_ROW = sa.update(SESSIONS).where(_KEY)  # SET columns come from the parameters
-_DELETE_ROW = sa.delete(SESSIONS).where(_KEY).returning(_S.expires_ms)
 _SLIDE = (
     sa.update(SESSIONS)
     .where(_KEY, _LIVE)
@@ -673,13 +677,7 @@ class ArchiveShared(StoreCore):
     ) -> dict[str, dict[str, Any]]:
         """Check the dialect and prepare ``engine``; the execution options of each role."""
         self.namespace = check_session_id(namespace, self.limits, what="namespace")
-        if (
-            isinstance(tombstone_ttl, bool)
-            or not isinstance(tombstone_ttl, int | float)
-            or not 0 <= tombstone_ttl <= 1e12
-        ):
-            raise InvalidInput(f"tombstone_ttl must be a non-negative number: {tombstone_ttl!r}")
-        self.tombstone_ms = int(tombstone_ttl * 1000)
+        self.tombstone_ms = tombstone_ms(tombstone_ttl)
         self._url = engine.url
         dialect = engine.dialect.name
         self._pg = dialect == "postgresql"
@@ -1146,11 +1144,11 @@ class ArchiveShared(StoreCore):
         def work(conn: sa.Connection) -> bool:
             now = self._now_ms()
             row = self._lock_row(conn, sid)
-            tombstone = max(now, floor_ms, row.deleted_ms or 0) if row is not None else max(
-                now, floor_ms
-            )
-            if row is not None and row.version > 0:
-                tombstone = max(tombstone, row.created_ms + 1)
+            tombstone = max(now, floor_ms)
+            if row is not None:
+                # later than every generation this id had, and than earlier tombstones
+                last_born = row.created_ms + 1 if row.version > 0 else 0
+                tombstone = max(tombstone, row.deleted_ms or 0, last_born)
             values: dict[str, Any] = {
                 "user_id": None,
                 "metadata": EMPTY_METADATA,
@@ -1766,21 +1764,22 @@ class ArchiveShared(StoreCore):
             next_seq += len(batch)
             count += len(batch)
             inserted = True
+        version = max(row.version, fenced.version) + 1
         values: dict[str, Any] = {
             "created_ms": max(now, row.created_ms + 1, fenced.created_ms + 1),
-            "version": max(row.version, fenced.version) + 1,
+            "version": version,
             "updated_ms": updated,
             "next_seq": next_seq,
             "message_count": count,
             "metadata": FrozenDict(metadata),
-            "meta_version": max(row.version, fenced.version) + 1,
+            "meta_version": version,
             "user_id": user_id,
             "detached": False,
         }
         if inserted:
             values["lead"] = conn.execute(_LEAD, self._params(sid)).scalar_one()
         conn.execute(_UPDATE_ROW, self._params(sid, **values))
-        return Reconciled("promote", row.deleted_ms or 0, values["version"])
+        return Reconciled("promote", row.deleted_ms or 0, version)
 
     def _holds(self, conn: sa.Connection, sid: str, row: Any, record: OutboxRecord) -> bool:
         """Whether the archive already holds this outbox record's messages (a

@@ -115,6 +115,7 @@ from tieredstore.tiers.transfer import (
     SessionFenced,
     Snapshot,
     WriteReceipt,
+    tombstone_ms,
 )
 from tieredstore.timeouts import REDIS_TIMEOUTS
 
@@ -710,7 +711,7 @@ return 1
 # KEYS h ob. Fence a live session: from now on writes reply 'fenced', reads
 # see it as fenced and archival leaves it, until a restore of a newer
 # generation replaces it (see TieredCore's reconciliation). Returns
-# {1, created, version, next seq, version, record, ...} (its outbox), or {0}.
+# {1, created, version, next seq, record...} (its outbox), or {0}.
 _FENCE = r"""
 local h, ob = KEYS[1], KEYS[2]
 local now = now_ms()
@@ -718,8 +719,7 @@ local f = redis.call('HMGET', h, 'version', 'expires', 'created', 'n')
 if not f[1] or (f[2] and tonumber(f[2]) <= now) then return {0} end
 redis.call('HSET', h, 'f', '1')
 local out = {1, f[3], f[1], f[4] or '0'}
-local flat = redis.call('HGETALL', ob)
-for i = 1, #flat do out[#out + 1] = flat[i] end
+for _, record in ipairs(redis.call('HVALS', ob)) do out[#out + 1] = record end
 return out
 """
 
@@ -754,8 +754,7 @@ if not f[1] then
   return {}
 end
 local out = {f[2], f[1]}
-local flat = redis.call('HGETALL', ob)
-for i = 2, #flat, 2 do out[#out + 1] = flat[i] end
+for _, record in ipairs(redis.call('HVALS', ob)) do out[#out + 1] = record end
 return out
 """
 
@@ -1387,11 +1386,7 @@ class RedisOps:
         reply = yield Call("fence", [self.keys.meta(sid), self.keys.outbox(sid)], [])
         if not reply[0]:
             return None
-        records = sorted(
-            (OutboxRecord.parse(reply[i + 1]) for i in range(4, len(reply) - 1, 2)),
-            key=_version_of,
-        )
-        return Fenced(int(reply[1]), int(reply[2]), int(reply[3]), records)
+        return Fenced(int(reply[1]), int(reply[2]), int(reply[3]), _records(reply[4:]))
 
     def unfence(self, sid: str, created_ms: int) -> Plan[None]:
         yield Call("unfence", [self.keys.meta(sid)], [created_ms])
@@ -1402,8 +1397,7 @@ class RedisOps:
         reply = yield Call("outbox", [k.meta(sid), k.outbox(sid), k.obx], [sid])
         if not reply:
             return 0, []
-        records = sorted((OutboxRecord.parse(raw) for raw in reply[2:]), key=_version_of)
-        return int(reply[0]), records
+        return int(reply[0]), _records(reply[2:])
 
     def outbox_ack(self, sid: str, created_ms: int, versions: Sequence[int]) -> Plan[int]:
         k = self.keys
@@ -1640,8 +1634,9 @@ def _first(pair: tuple[int, bytes]) -> int:
     return pair[0]
 
 
-def _version_of(record: OutboxRecord) -> int:
-    return record.receipt.version
+def _records(raw: Sequence[bytes]) -> list[OutboxRecord]:
+    """Outbox records as a script returned them, oldest write first."""
+    return sorted(map(OutboxRecord.parse, raw), key=lambda record: record.receipt.version)
 
 
 # -- the shells ----------------------------------------------------------------
@@ -1704,7 +1699,7 @@ class RedisShared(StoreCore):
             spill=spill,
             default_ttl_ms=self.default_ttl_ms,
             limits=self.limits,
-            tombstone_ms=_tombstone_ms(tombstone_ttl),
+            tombstone_ms=tombstone_ms(tombstone_ttl),
         )
         self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
 
@@ -1738,14 +1733,6 @@ class RedisShared(StoreCore):
 
     def _lock_backend(self) -> Any:
         return self  # the lock_* methods below
-
-
-def _tombstone_ms(seconds: object) -> int:
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
-        raise InvalidInput(f"tombstone_ttl must be a non-negative number, got {seconds!r}")
-    if seconds * 1000 > MAX_TTL_MS:
-        raise InvalidInput(f"tombstone_ttl must be at most {MAX_TTL_MS // 1000} seconds")
-    return int(seconds * 1000)
 
 
 def _unavailable(exc: BaseException) -> BackendUnavailable | ConfigurationError:

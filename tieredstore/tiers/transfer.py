@@ -11,14 +11,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tieredstore.core import from_ms
-from tieredstore.errors import TieredStoreError
+from tieredstore.core import MAX_TTL_MS, from_ms
+from tieredstore.errors import InvalidInput, TieredStoreError
 from tieredstore.model import FrozenDict, Message, Session, Tier
 
-__all__ = ["HistoryPart", "SessionFenced", "Snapshot", "WriteReceipt"]
+__all__ = ["HistoryPart", "SessionFenced", "Snapshot", "WriteReceipt", "tombstone_ms"]
 
 DEFAULT_TOMBSTONE_TTL = 86_400.0
 """How long a delete's tombstone outlives it (seconds), in Redis and the archive."""
+
+
+def tombstone_ms(seconds: object) -> int:
+    """A ``tombstone_ttl`` option in milliseconds, checked (0: keep no tombstone)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+        raise InvalidInput(f"tombstone_ttl must be a non-negative number, got {seconds!r}")
+    if seconds * 1000 > MAX_TTL_MS:
+        raise InvalidInput(f"tombstone_ttl must be at most {MAX_TTL_MS // 1000} seconds")
+    return int(seconds * 1000)
 
 
 class SessionFenced(TieredStoreError):
