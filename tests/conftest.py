@@ -469,3 +469,23 @@ def make_tiered(
     yield make
     for store in made:
         store.close()
+
+
+@pytest.fixture
+def proxied_pg(pg_url: str) -> Iterator[tuple[Any, Any]]:
+    """``(proxy, engine)``: the run's PostgreSQL behind a TCP proxy the test can cut
+    (``proxy.down()``/``up()``) and an engine that connects through it."""
+    import sqlalchemy as sa
+
+    from tests.servers import TcpProxy
+
+    target = sa.make_url(pg_url)
+    proxy = TcpProxy(target.port or 5432).up()
+    engine = sa.create_engine(
+        target.set(host="127.0.0.1", port=proxy.port),
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 2},
+    )
+    yield proxy, engine
+    proxy.down()
+    engine.dispose()

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import redis
-import sqlalchemy as sa
 
 from tests.servers import RedisServer, TcpProxy
 from tieredstore import ArchiveStore, BackendUnavailable, Message, SessionNotFound
@@ -316,29 +315,21 @@ def _append_ok(store: TieredStore, sid: str) -> bool:
     return True
 
 
-def test_archive_down_hot_path_continues_and_recovers(make_tiered: Any, pg_url: str) -> None:
-    target = sa.make_url(pg_url)
-    proxy = TcpProxy(target.port or 5432).up()
-    engine = sa.create_engine(
-        target.set(host="127.0.0.1", port=proxy.port),
-        pool_pre_ping=True,
-        connect_args={"connect_timeout": 2},
-    )
-    try:
-        store = make_tiered(engine=engine)
-        store.save("hot", [USER])
-        proxy.down()
-        store.append("hot", msg(1))
-        assert store.load("hot") == [USER, msg(1)]
-        with pytest.raises(BackendUnavailable):
-            store.load("never-seen")
-        proxy.up()
-        wait_until(lambda: _load_ok(store, "hot"), timeout=10)
-        with pytest.raises(SessionNotFound):
-            store.load("never-seen")
-    finally:
-        proxy.down()
-        engine.dispose()
+def test_archive_down_hot_path_continues_and_recovers(
+    make_tiered: Any, proxied_pg: tuple[TcpProxy, Any]
+) -> None:
+    proxy, engine = proxied_pg
+    store = make_tiered(engine=engine)
+    store.save("hot", [USER])
+    proxy.down()
+    store.append("hot", msg(1))
+    assert store.load("hot") == [USER, msg(1)]
+    with pytest.raises(BackendUnavailable):
+        store.load("never-seen")
+    proxy.up()
+    wait_until(lambda: _load_ok(store, "hot"), timeout=10)
+    with pytest.raises(SessionNotFound):
+        store.load("never-seen")
 
 
 def _load_ok(store: TieredStore, sid: str) -> bool:

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 import redis
-import sqlalchemy as sa
 
 from tests.servers import RedisServer, TcpProxy
 from tieredstore import ArchiveStore, BackendUnavailable, SessionNotFound
@@ -312,72 +311,55 @@ def test_write_through_partition_heal_two_servers(
 
 
 def test_write_through_archive_cut_reaches_the_archive_after_heal(
-    make_tiered: Any, pg_url: str, namespace: str
+    make_tiered: Any, proxied_pg: tuple[TcpProxy, Any], pg_engine: Any, namespace: str
 ) -> None:
-    target = sa.make_url(pg_url)
-    proxy = TcpProxy(target.port or 5432).up()
-    engine = sa.create_engine(
-        target.set(host="127.0.0.1", port=proxy.port),
-        pool_pre_ping=True,
-        connect_args={"connect_timeout": 2},
-    )
-    direct = ArchiveStore(sa.create_engine(pg_url), namespace=namespace)
-    try:
-        store = make_tiered(engine=engine, durability="write_through", max_messages=4)
-        acked = []
-        for i in range(3):
-            store.append("s", msg(i))
-            acked.append(msg(i))
-        proxy.down()
-        for i in range(3, 13):  # acknowledged though the archive is unreachable
-            store.append("s", msg(i))
-            acked.append(msg(i))
-        assert store.redis is not None
-        assert store.redis.outbox_sessions() == ["s"]
-        proxy.up()
-        engine.dispose()
-        deadline = time.monotonic() + 20
-        while True:  # the archive's breaker fails calls fast until its cool-down ends
-            try:
-                result = reconcile_task(store)
-                break
-            except BackendUnavailable:
-                assert time.monotonic() < deadline, "the archive did not come back"
-                time.sleep(0.1)
-        in_archive = direct.load("s")
-        print(f"\nwrite_through with the archive cut: {len(acked)} acknowledged, "
-              f"{len(in_archive)} in the archive after the worker ran ({result.messages} drained)")
-        assert in_archive == acked
-        assert store.load("s", full=True) == acked
-        assert store.redis.outbox_sessions() == []
-    finally:
-        proxy.down()
-        engine.dispose()
-        direct.close()
-        direct.engine.dispose()
+    proxy, engine = proxied_pg
+    direct = ArchiveStore(pg_engine, namespace=namespace)
+    store = make_tiered(engine=engine, durability="write_through", max_messages=4)
+    acked = []
+    for i in range(3):
+        store.append("s", msg(i))
+        acked.append(msg(i))
+    proxy.down()
+    for i in range(3, 13):  # acknowledged though the archive is unreachable
+        store.append("s", msg(i))
+        acked.append(msg(i))
+    assert store.redis is not None
+    assert store.redis.outbox_sessions() == ["s"]
+    proxy.up()
+    engine.dispose()
+    deadline = time.monotonic() + 20
+    while True:  # the archive's breaker fails calls fast until its cool-down ends
+        try:
+            result = reconcile_task(store)
+            break
+        except BackendUnavailable:
+            assert time.monotonic() < deadline, "the archive did not come back"
+            time.sleep(0.1)
+    in_archive = direct.load("s")
+    print(f"\nwrite_through with the archive cut: {len(acked)} acknowledged, "
+          f"{len(in_archive)} in the archive after the worker ran ({result.messages} drained)")
+    assert in_archive == acked
+    assert store.load("s", full=True) == acked
+    assert store.redis.outbox_sessions() == []
 
 
-def test_the_next_write_drains_the_outbox(make_tiered: Any, pg_url: str, namespace: str) -> None:
-    target = sa.make_url(pg_url)
-    proxy = TcpProxy(target.port or 5432).up()
-    engine = sa.create_engine(target.set(host="127.0.0.1", port=proxy.port), pool_pre_ping=True)
-    direct = ArchiveStore(sa.create_engine(pg_url), namespace=namespace)
-    try:
-        store = make_tiered(engine=engine, durability="write_through")
-        store.save("s", [msg(0)], metadata={"a": 1})
-        proxy.down()
-        store.append("s", msg(1))
-        store.merge_metadata("s", {"b": 2})
-        proxy.up()
-        engine.dispose()
-        store.append("s", msg(2))
-        assert direct.load("s") == [msg(0), msg(1), msg(2)]
-        assert direct.get("s").metadata == {"a": 1, "b": 2}
-        assert store.redis is not None and store.redis.outbox_sessions() == []
-    finally:
-        proxy.down()
-        engine.dispose()
-        direct.engine.dispose()
+def test_the_next_write_drains_the_outbox(
+    make_tiered: Any, proxied_pg: tuple[TcpProxy, Any], pg_engine: Any, namespace: str
+) -> None:
+    proxy, engine = proxied_pg
+    direct = ArchiveStore(pg_engine, namespace=namespace)
+    store = make_tiered(engine=engine, durability="write_through")
+    store.save("s", [msg(0)], metadata={"a": 1})
+    proxy.down()
+    store.append("s", msg(1))
+    store.merge_metadata("s", {"b": 2})
+    proxy.up()
+    engine.dispose()
+    store.append("s", msg(2))
+    assert direct.load("s") == [msg(0), msg(1), msg(2)]
+    assert direct.get("s").metadata == {"a": 1, "b": 2}
+    assert store.redis is not None and store.redis.outbox_sessions() == []
 
 
 # -- races with the worker -----------------------------------------------------------------------
