@@ -256,21 +256,6 @@ def test_sqlite_is_unaffected(sqlite_url: str) -> None:
         store.close()
 
 
-def test_logical_errors_do_not_trip_the_archive_breaker(pg_url: str) -> None:
-    store = ArchiveStore.from_url(pg_url, namespace="bounded-logical")
-    try:
-        store.save("s", [USER])
-        for _ in range(5):
-            with pytest.raises(SessionNotFound):
-                store.load("missing")
-            with pytest.raises(VersionConflict):
-                store.save("s", [USER], expected_version=99)
-        stats = store.stats()["breaker"]
-        assert stats["state"] == "closed" and stats["failures"] == 0
-    finally:
-        store.close()
-
-
 # -- Redis -----------------------------------------------------------------------------
 
 
@@ -349,8 +334,13 @@ def test_breaker_recovers_when_redis_returns(
         proxy.down()
 
 
-def test_logical_errors_do_not_trip_the_redis_breaker(redis_prefix: str) -> None:
-    store = RedisStore.from_url(REDIS_URL, prefix=redis_prefix, namespace="bounded-logical")
+@pytest.mark.parametrize("tier", ["archive", "redis"])
+def test_logical_errors_do_not_trip_the_breaker(tier: str, pg_url: str, redis_prefix: str) -> None:
+    store: ArchiveStore | RedisStore = (
+        ArchiveStore.from_url(pg_url, namespace="bounded-logical")
+        if tier == "archive"
+        else RedisStore.from_url(REDIS_URL, prefix=redis_prefix, namespace="bounded-logical")
+    )
     try:
         store.save("s", [USER])
         for _ in range(5):
