@@ -3,7 +3,8 @@
 Every run uses its own Redis key prefix and its own PostgreSQL database, and
 removes them at the end, so concurrent runs never see each other's data.
 Override the servers with ``TIEREDSTORE_TEST_REDIS_URL`` and
-``TIEREDSTORE_TEST_PG_URL`` (an admin URL; a database is created per run).
+``TIEREDSTORE_TEST_PG_URL`` (an admin URL; a database is created per run);
+Redis Cluster tests use ``TIEREDSTORE_TEST_CLUSTER_URL`` or a private cluster.
 """
 
 from __future__ import annotations
@@ -300,6 +301,72 @@ def async_redis_client(loop_thread: LoopThread) -> Iterator[Any]:
     import redis.asyncio
 
     client = redis.asyncio.Redis.from_url(REDIS_URL)
+    yield client
+    loop_thread.run(client.aclose())
+
+
+def _cluster_answers(url: str) -> bool:
+    """Whether a Redis Cluster at ``url`` answers PING and reports cluster_state ok."""
+    from redis.cluster import RedisCluster
+
+    try:
+        client = RedisCluster.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    except Exception:
+        return False
+    try:
+        return bool(client.ping()) and client.cluster_info().get("cluster_state") == "ok"
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def cluster_url() -> Iterator[str]:
+    """A Redis Cluster URL: ``TIEREDSTORE_TEST_CLUSTER_URL`` when it answers, else a
+    private 3-primary, 3-replica cluster on free ports, stopped at the session's end."""
+    url = os.environ.get("TIEREDSTORE_TEST_CLUSTER_URL")
+    if url and _cluster_answers(url):
+        yield url
+        return
+    from tests.servers import RedisClusterServers
+
+    with RedisClusterServers() as servers:
+        yield servers.url
+
+
+@pytest.fixture(scope="session")
+def cluster_client(cluster_url: str, redis_prefix: str) -> Iterator[Any]:
+    """A sync ``RedisCluster`` client; the run's keys (those containing ``redis_prefix``)
+    are deleted from every primary at the session's end."""
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster.from_url(cluster_url)
+    yield client
+    try:
+        keys = client.scan_iter(
+            match=f"*{redis_prefix}*", count=1000, target_nodes=RedisCluster.PRIMARIES
+        )
+        for key in list(keys):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def async_cluster_client(
+    cluster_url: str, cluster_client: Any, loop_thread: LoopThread
+) -> Iterator[Any]:
+    """A ``redis.asyncio`` ``RedisCluster`` made and used on the loop thread
+    (``cluster_client`` deletes the run's keys at the end)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    async def make() -> Any:
+        client = RedisCluster.from_url(cluster_url)
+        await client.initialize()
+        return client
+
+    client = loop_thread.run(make())
     yield client
     loop_thread.run(client.aclose())
 
