@@ -36,7 +36,7 @@ from tieredstore import (
 )
 from tieredstore.query import ArchiveQuery
 from tieredstore.tiers.redis import AsyncRedisStore
-from tieredstore.tiers.redis_errors import translate
+from tieredstore.tiers.redis.errors import translate
 
 USER = {"role": "user", "content": "Hello"}
 

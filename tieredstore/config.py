@@ -29,3 +29,8 @@ class Limits:
             value = getattr(self, spec.name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInput(f"Limits.{spec.name} must be a positive integer, got {value!r}")
+
+
+DEFAULT_BUCKETS = 16
+"""Redis buckets per namespace unless a store is told otherwise (see
+:mod:`tieredstore.tiers.redis.keys`)."""

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal, Protocol, Self
 from tieredstore.base import StoreCore
 from tieredstore.codec import decode_cursor, encode_cursor, encode_json
 from tieredstore.coherence import Generation, SeenGenerations
-from tieredstore.config import Limits
+from tieredstore.config import DEFAULT_BUCKETS, Limits
 from tieredstore.core import Batch, Clock, Order, TTLLike, check_limit, prepare_batch, to_ms
 from tieredstore.errors import (
     BackendUnavailable,
@@ -167,6 +167,7 @@ def tier_options(
     has_redis: bool,
     has_archive: bool,
     tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
+    buckets: int = DEFAULT_BUCKETS,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Options of the Redis and the archive tier of one tiered store.
 
@@ -179,6 +180,7 @@ def tier_options(
         "max_messages": max_messages,
         "spill": durability == "archive" and has_archive,
         "tombstone_ttl": tombstone_ttl,
+        "buckets": buckets,
     }
     archive_options = {
         "namespace": namespace,
@@ -816,6 +818,7 @@ class TieredShell(StoreCore):
         durability: Durability = "archive",
         migrate: bool = False,
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
+        buckets: int = DEFAULT_BUCKETS,
         **options: Any,
     ) -> Self:
         """Build the tiers from URLs; a ``None`` URL leaves that tier out.
@@ -833,6 +836,7 @@ class TieredShell(StoreCore):
             has_redis=bool(redis_url),
             has_archive=bool(database_url),
             tombstone_ttl=tombstone_ttl,
+            buckets=buckets,
         )
         redis_store = archive_store = None
         if redis_url:
@@ -869,6 +873,7 @@ class TieredShell(StoreCore):
         max_messages: int | None = None,
         clock: Any | None = None,
         tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
+        buckets: int = DEFAULT_BUCKETS,
         **options: Any,
     ) -> Self:
         """Build the tiers over a Redis client and a SQLAlchemy engine you already have.
@@ -887,6 +892,7 @@ class TieredShell(StoreCore):
             has_redis=redis is not None,
             has_archive=engine is not None,
             tombstone_ttl=tombstone_ttl,
+            buckets=buckets,
         )
         redis_store = redis_cls(redis, **redis_options) if redis is not None else None
         archive_store = (
@@ -955,7 +961,8 @@ class TieredShell(StoreCore):
         if memory is not None and redis is not None and listen:
             self.listener = listener_class(
                 redis.client,
-                redis.invalidation_channel,
+                redis.invalidation_channels,
+                sharded=redis.cluster,
                 on_invalidate=self._core.on_invalidate,
                 on_resubscribe=self._core.on_resubscribe,
             )

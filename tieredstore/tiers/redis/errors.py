@@ -12,11 +12,13 @@ cluster client raises ``RedisClusterException``, which is not a
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis import exceptions as rx
 
 from tieredstore.errors import BackendUnavailable, ConfigurationError
 
-__all__ = ["REDIS_ERRORS", "translate"]
+__all__ = ["REDIS_ERRORS", "raise_first", "translate", "used_memory"]
 
 #: What a Redis shell catches around each call.
 REDIS_ERRORS = (rx.RedisError, rx.RedisClusterException)
@@ -71,3 +73,19 @@ def _misconfigured(exc: BaseException, detail: str) -> bool:
         return True
     lowered = detail.lower()
     return any(fragment in lowered for fragment in _MISCONFIGURED_ERR)
+
+
+def raise_first(replies: list[Any]) -> list[Any]:
+    """A pipeline's replies, raising the first error among them."""
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+    return replies
+
+
+def used_memory(info: Any) -> int:
+    """``used_memory`` from ``INFO memory``: one server's, or summed over a
+    cluster's primaries (redis-py answers those per node)."""
+    if "used_memory" in info:
+        return int(info["used_memory"])
+    return sum(int(node.get("used_memory", 0)) for node in info.values())

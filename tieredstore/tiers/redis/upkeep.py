@@ -1,0 +1,231 @@
+"""Plans of the maintenance work on the Redis tier, bucket by bucket.
+
+Buckets are the unit of maintenance: every plan here works inside one
+bucket (one hash slot), so each script is atomic there, and workers that
+hold different buckets (:meth:`UpkeepOps.claim`) never meet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tieredstore.core import check_limit
+from tieredstore.tiers.redis.keys import RedisKeys
+from tieredstore.tiers.redis.plans import Plan, RedisOps, with_users
+from tieredstore.tiers.redis.records import Call, Calls, Captured, Commands, split_entries
+
+__all__ = ["UpkeepOps"]
+
+
+def _now(reply: Sequence[bytes]) -> int:
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+class UpkeepOps:
+    """What the maintenance tasks need from Redis, as plans over :class:`RedisOps`."""
+
+    def __init__(self, ops: RedisOps) -> None:
+        self.ops = ops
+        self.keys: RedisKeys = ops.keys
+
+    def now_ms(self) -> Plan[int]:
+        replies = yield Commands([("TIME",)])
+        return _now(replies[0])
+
+    # -- leases and cursors ---------------------------------------------------------
+
+    def claim(self, buckets: Sequence[int], task: str, holder: str, ttl_ms: int) -> Plan[list[int]]:
+        """Take the lease of ``task`` on each bucket that nobody holds; the ones taken."""
+        k = self.keys
+        replies = yield Commands(
+            [("SET", k.lease(b, task), holder, "NX", "PX", ttl_ms) for b in buckets]
+        )
+        return [b for b, taken in zip(buckets, replies, strict=True) if taken]
+
+    def renew(self, bucket: int, task: str, holder: str, ttl_ms: int) -> Plan[bool]:
+        reply = yield Call("lock_extend", [self.keys.lease(bucket, task)], [holder, ttl_ms])
+        return bool(reply)
+
+    def release(self, buckets: Sequence[int], task: str, holder: str) -> Plan[None]:
+        if buckets:
+            yield Calls(
+                [Call("lock_release", [self.keys.lease(b, task)], [holder]) for b in buckets]
+            )
+
+    def cursor(self, bucket: int, task: str) -> Plan[int]:
+        replies = yield Commands([("GET", self.keys.cursor(bucket, task))])
+        return int(replies[0]) if replies[0] else 0
+
+    def set_cursor(self, bucket: int, task: str, value: int) -> Plan[None]:
+        yield Commands([("SET", self.keys.cursor(bucket, task), value)])
+
+    # -- counting -------------------------------------------------------------------
+
+    def count_expired(self, buckets: Sequence[int]) -> Plan[int]:
+        now = yield from self.now_ms()
+        replies = yield Commands([("ZCOUNT", self.keys.exp(b), "-inf", now) for b in buckets])
+        return sum(int(r) for r in replies)
+
+    def count_idle(self, buckets: Sequence[int], older_than_ms: int) -> Plan[int]:
+        replies = yield Commands(
+            [("ZCOUNT", self.keys.idx(b), "-inf", f"({older_than_ms}") for b in buckets]
+        )
+        return sum(int(r) for r in replies)
+
+    def count_indexed(self, buckets: Sequence[int]) -> Plan[int]:
+        replies = yield Commands([("ZCARD", self.keys.idx(b)) for b in buckets])
+        return sum(int(r) for r in replies)
+
+    # -- reading sessions -----------------------------------------------------------
+
+    def idle_keys(
+        self, bucket: int, older_than_ms: int, limit: int, position: tuple[int, str] | None
+    ) -> Plan[list[tuple[int, str]]]:
+        """``(updated_ms, sid)`` of the bucket's sessions last written before
+        ``older_than_ms``, oldest first, strictly after ``position``."""
+        args: list[str | bytes | int] = [
+            older_than_ms, limit, *(("1", *position) if position else ("0", 0, ""))
+        ]
+        reply = yield Call("idle", [self.keys.idx(bucket)], args)
+        return [(int(float(reply[i + 1])), reply[i].decode()) for i in range(0, len(reply), 2)]
+
+    def ranked(self, bucket: int, start: int, count: int) -> Plan[list[str]]:
+        replies = yield Commands([("ZRANGE", self.keys.idx(bucket), start, start + count - 1)])
+        return [sid.decode() for sid in replies[0]]
+
+    def capture_many(self, sids: Sequence[str]) -> Plan[list[Captured | None]]:
+        """Hash, window and spill list of each session (all of one bucket), read
+        in one script; ``None`` for a session that is missing or expired."""
+        if not sids:
+            return []
+        k = self.keys
+        keys: list[str] = []
+        for sid in sids:
+            m, h, x = k.session(sid)
+            keys += [h, m, x]
+        reply = yield Call("capture", keys, [])
+        now = _now(reply[:2])
+        out: list[Captured | None] = []
+        for i, sid in enumerate(sids):
+            flat, window, spill = reply[2 + 3 * i : 5 + 3 * i]
+            fields = {flat[j]: flat[j + 1] for j in range(0, len(flat) - 1, 2)}
+            expires = fields.get(b"expires")
+            if b"version" not in fields or (expires is not None and int(expires) <= now):
+                out.append(None)
+                continue
+            out.append(Captured(sid, fields, split_entries(window), split_entries(spill)))
+        return out
+
+    def live_expiry(self, sids: list[str]) -> Plan[dict[str, int | None]]:
+        """The sessions among ``sids`` live in Redis, with their expiry there."""
+        commands: list[tuple[str | bytes | int, ...]] = [("TIME",)]
+        commands += [("HMGET", self.keys.meta(sid), "version", "expires") for sid in sids]
+        replies = yield Commands(commands)
+        now = _now(replies[0])
+        live: dict[str, int | None] = {}
+        for sid, (version, expires) in zip(sids, replies[1:], strict=True):
+            if version is not None and (expires is None or int(expires) > now):
+                live[sid] = int(expires) if expires is not None else None
+        return live
+
+    def window_sizes(self, sids: Sequence[str]) -> Plan[list[tuple[int, int]]]:
+        """``(window length, spill length)`` of each session, in one round trip."""
+        commands: list[tuple[str | bytes | int, ...]] = []
+        for sid in sids:
+            m, _, x = self.keys.session(sid)
+            commands += [("LLEN", m), ("LLEN", x)]
+        replies = yield Commands(commands)
+        return [(int(replies[2 * i]), int(replies[2 * i + 1])) for i in range(len(sids))]
+
+    # -- changing sessions ------------------------------------------------------------
+
+    def evict_many(self, bucket: int, captured: Sequence[Captured]) -> Plan[list[bool]]:
+        """Compare-and-delete each captured session (all of ``bucket``) in one script."""
+        if not captured:
+            return []
+        k = self.keys
+        keys = [k.idx(bucket), k.exp(bucket), k.own(bucket)]
+        args: list[str | bytes | int] = ["", len(captured)]
+        owners: set[str | None] = set()
+        for cap in captured:
+            keys += [*k.session(cap.sid), k.outbox(cap.sid)]
+            args += [cap.sid, str(cap.created_ms), str(cap.version)]
+            user = cap.fields.get(b"user")
+            owners.add(user.decode() if user is not None else None)
+        reply, _ = yield from with_users(
+            "evict", keys, args, lambda u: k.user(bucket, u), owners, 0
+        )
+        return [bool(flag) for flag in reply]
+
+    def trim_many(self, plans: Sequence[tuple[Captured, int, int, int]]) -> Plan[list[bool]]:
+        """For each ``(captured, lead, drop, drain_upto)``: trim the window and drain
+        the spill list, only if the session is still the captured generation."""
+        if not plans:
+            return []
+        calls = [
+            Call(
+                "trim_if",
+                self.keys.session(cap.sid),
+                [str(cap.created_ms), str(cap.version), lead, drop, upto,
+                 self.ops.announce(cap.sid), cap.sid],
+            )
+            for cap, lead, drop, upto in plans
+        ]
+        replies = yield Calls(calls)
+        return [bool(reply) for reply in replies]
+
+    def _candidates(self, bucket: int, *peek: str | int) -> Plan[tuple[list[str], set[str]]]:
+        k = self.keys
+        zset = k.exp(bucket) if peek[0] == "due" else k.idx(bucket)
+        reply = yield Call("peek", [zset, k.own(bucket)], list(peek))
+        sids = [reply[i].decode() for i in range(0, len(reply), 2)]
+        owners = {reply[i].decode() for i in range(1, len(reply), 2) if reply[i]}
+        return sids, owners
+
+    def _bucket_call(
+        self, script: str, bucket: int, sids: list[str], owners: set[str], *head: str | int
+    ) -> Plan[object]:
+        k = self.keys
+        keys = [k.idx(bucket), k.exp(bucket), k.own(bucket)]
+        for sid in sids:
+            keys += k.session(sid)
+        args: list[str | bytes | int] = ["", len(sids), *head, *sids]
+        reply, _ = yield from with_users(
+            script, keys, args, lambda u: k.user(bucket, u), owners, 0
+        )
+        return reply
+
+    def purge_batch(self, bucket: int, batch_size: int) -> Plan[int]:
+        """Bury up to ``batch_size`` expired sessions of ``bucket``; how many were due."""
+        check_limit(batch_size, "batch_size")
+        sids, owners = yield from self._candidates(bucket, "due", batch_size)
+        if not sids:
+            return 0
+        yield from self._bucket_call("purge", bucket, sids, owners)
+        return len(sids)
+
+    def sweep(
+        self, bucket: int, start: int, count: int, dry_run: bool
+    ) -> Plan[tuple[int, int, int, int]]:
+        """Check ``count`` index entries of ``bucket`` from rank ``start``:
+        ``(scanned, gone, ttl fixed, expired)``."""
+        sids, owners = yield from self._candidates(bucket, "rank", start, count)
+        if not sids:
+            return 0, 0, 0, 0
+        reply = yield from self._bucket_call(
+            "sweep", bucket, sids, owners, "1" if dry_run else "0"
+        )
+        assert isinstance(reply, list)
+        return len(sids), int(reply[0]), int(reply[1]), int(reply[2])
+
+    def purge_expired(self, batch_size: int) -> Plan[int]:
+        """Bury every expired session of every bucket, ``batch_size`` per script."""
+        total = 0
+        for bucket in range(self.keys.buckets):
+            while True:
+                done = yield from self.purge_batch(bucket, batch_size)
+                total += done
+                if done < batch_size:
+                    break
+        return total
