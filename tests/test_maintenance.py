@@ -85,7 +85,20 @@ def archive_all(store: TieredStore, **limits: Any) -> Any:
 
 def is_hot(store: TieredStore, sid: str) -> bool:
     client, keys = store.redis.client, store.redis.keys
-    return bool(client.exists(*keys.session(sid))) or client.zscore(keys.idx, sid) is not None
+    return bool(client.exists(*keys.session(sid))) or client.zscore(index(store, sid), sid) is not None
+
+
+def index(store: TieredStore, sid: str, name: str = "idx") -> str:
+    """The key of one of the indexes of ``sid``'s bucket (idx, exp, own)."""
+    keys = store.redis.keys
+    return str(getattr(keys, name)(keys.bucket(sid)))
+
+
+def every_bucket(store: TieredStore, command: str, name: str) -> int:
+    """``command`` (ZCARD, HLEN) summed over one index of every bucket."""
+    keys, client = store.redis.keys, store.redis.client
+    return sum(int(client.execute_command(command, getattr(keys, name)(b)))
+               for b in range(keys.buckets))
 
 
 # -- archive_idle -------------------------------------------------------------------------
@@ -93,7 +106,7 @@ def is_hot(store: TieredStore, sid: str) -> bool:
 
 def test_archive_idle_moves_window_and_spill_then_evicts(make_store: Factory, pg_engine: Any,
                                                           namespace: str) -> None:
-    store = make_store(max_messages=5)
+    store = make_store(max_messages=5, buckets=1)  # one bucket: batches as counted below
     full: dict[str, list[dict[str, Any]]] = {}
     for i in range(30):
         sid = f"s{i}"
@@ -110,8 +123,8 @@ def test_archive_idle_moves_window_and_spill_then_evicts(make_store: Factory, pg
         session = ArchiveStore(pg_engine, namespace=namespace).get(sid)
         assert session.metadata["n"] == int(sid[1:]) and session.user_id == f"u{int(sid[1:]) % 3}"
         assert session.expires_at is not None
-    assert store.redis.client.zcard(store.redis.keys.exp) == 0
-    assert store.redis.client.hlen(store.redis.keys.own) == 0
+    assert every_bucket(store, "ZCARD", "exp") == 0
+    assert every_bucket(store, "HLEN", "own") == 0
 
 
 def test_archive_idle_only_takes_idle_sessions(make_store: Factory) -> None:
@@ -129,13 +142,10 @@ def test_archive_idle_is_idempotent_after_a_crash_between_commit_and_evict(
         make_store: Factory, pg_engine: Any, namespace: str) -> None:
     """A run killed after its archive commit leaves sessions in both tiers; the next run
     absorbs them again (nothing duplicated) and evicts them."""
-    from tieredstore.maintenance import _Hot
-
     store = make_store(max_messages=4)
     for i in range(20):
         store.save(f"c{i}", [msg(f"c{i}", j) for j in range(6)])
-    hot = _Hot(store.redis)
-    captured = [cap for cap in hot.capture_many([f"c{i}" for i in range(20)]) if cap]
+    captured = [cap for i in range(20) for cap in store.redis.capture_many([f"c{i}"]) if cap]
     assert store.archive.absorb_many([cap.copy() for cap in captured]) == [True] * 20
     result = archive_all(store)
     assert result.changed == 20
@@ -149,16 +159,14 @@ def test_archive_idle_is_idempotent_after_a_crash_between_commit_and_evict(
 
 def test_archive_idle_keeps_sessions_that_changed(make_store: Factory) -> None:
     """The compare-and-delete: a write between the copy and the eviction keeps the session."""
-    from tieredstore.maintenance import _Hot
-
     store = make_store()
     store.save("busy", [msg("busy", 0)])
-    hot = _Hot(store.redis)
+    hot = store.redis
     (cap,) = hot.capture_many(["busy"])
     assert cap is not None
     store.archive.absorb_many([cap.copy()])
     store.append("busy", msg("busy", 1))
-    assert hot.evict_many([cap]) == [False]
+    assert hot.evict_many(hot.keys.bucket("busy"), [cap]) == [False]
     assert store.load("busy") == [msg("busy", 0), msg("busy", 1)]
     assert archive_all(store).changed == 1
     assert store.load("busy", full=True) == [msg("busy", 0), msg("busy", 1)]
@@ -176,7 +184,7 @@ def test_archive_idle_dry_run_changes_nothing(make_store: Factory, pg_engine: An
 
 
 def test_archive_idle_is_bounded(make_store: Factory) -> None:
-    store = make_store()
+    store = make_store(buckets=1)  # one bucket, so one batch holds batch_size sessions
     for i in range(25):
         store.save(f"b{i}", [msg(f"b{i}", 0)])
     first = archive_all(store, batch_size=10, max_batches=1)
@@ -269,9 +277,10 @@ def test_expire_removes_expired_sessions_everywhere(make_store: Factory, pg_engi
     assert result.changed == 9 and not result.remaining
     keys, client = store.redis.keys, store.redis.client
     for sid in [*(f"short{i}" for i in range(8)), "cold-short"]:
-        assert client.zscore(keys.idx, sid) is None and client.zscore(keys.exp, sid) is None
-        assert client.zscore(keys.user("owner"), sid) is None
-        assert not client.hexists(keys.own, sid)
+        assert client.zscore(index(store, sid), sid) is None
+        assert client.zscore(index(store, sid, "exp"), sid) is None
+        assert client.zscore(keys.user_of(sid, "owner"), sid) is None
+        assert not client.hexists(index(store, sid, "own"), sid)
         assert not client.exists(*keys.session(sid))
         assert archive_history(pg_engine, namespace, sid) == []
         with pytest.raises(SessionNotFound):
@@ -280,7 +289,7 @@ def test_expire_removes_expired_sessions_everywhere(make_store: Factory, pg_engi
         after = store.get(sid)
         assert (after.version, after.messages, after.expires_at) == (
             session.version, session.messages, session.expires_at)
-    assert client.zscore(keys.user("owner"), "forever") is not None
+    assert client.zscore(keys.user_of("forever", "owner"), "forever") is not None
     assert expire(store).changed == 0
 
 
@@ -310,17 +319,17 @@ def test_expire_repairs_the_index(make_store: Factory) -> None:
     store.save("lost-ttl", [msg("lost", 0)], ttl=3600)
     store.save("no-ttl", [msg("none", 0)])
     keys, client = store.redis.keys, store.redis.client
-    client.zadd(keys.idx, {"ghost": 1})  # an index entry whose keys are gone
+    client.zadd(index(store, "ghost"), {"ghost": 1})  # an index entry whose keys are gone
     client.persist(keys.meta("lost-ttl"))
     client.persist(keys.messages("lost-ttl"))
-    client.zrem(keys.exp, "lost-ttl")
+    client.zrem(index(store, "lost-ttl", "exp"), "lost-ttl")
     dry = expire(store, dry_run=True)
-    assert dry.repaired == 2 and client.zscore(keys.idx, "ghost") is not None
+    assert dry.repaired == 2 and client.zscore(index(store, "ghost"), "ghost") is not None
     result = expire(store)
     assert result.repaired == 2
-    assert client.zscore(keys.idx, "ghost") is None
+    assert client.zscore(index(store, "ghost"), "ghost") is None
     assert client.pttl(keys.meta("lost-ttl")) > 0 and client.pttl(keys.messages("lost-ttl")) > 0
-    assert client.zscore(keys.exp, "lost-ttl") is not None
+    assert client.zscore(index(store, "lost-ttl", "exp"), "lost-ttl") is not None
     assert client.pttl(keys.meta("no-ttl")) == -1, "a session without a TTL must keep none"
     assert store.load("ok") == [msg("ok", 0)]
     assert expire(store).repaired == 0
@@ -332,7 +341,7 @@ def test_expire_dry_run_changes_nothing(make_store: Factory) -> None:
     time.sleep(0.3)
     result = expire(store, dry_run=True)
     assert result.dry_run and result.changed >= 1
-    assert store.redis.client.zscore(store.redis.keys.idx, "gone") is not None
+    assert store.redis.client.zscore(index(store, "gone"), "gone") is not None
     assert expire(store).changed == 1
 
 

@@ -222,7 +222,7 @@ def test_scheduled_tasks_fire_and_do_their_work(make_cluster: Callable[..., Clus
 
     def done() -> bool:
         tasks = {run["task"] for run in runs(store) if run.get("result", {}).get("changed")}
-        if tasks != {"expire", "archive_idle", "trim"} or client.zcard(keys.idx):
+        if tasks != {"expire", "archive_idle", "trim"} or store.redis.count_indexed():
             return False
         rows = archived(pg_engine, namespace)
         return not any(sid.startswith("exp-") for sid in rows) and all(
@@ -265,18 +265,18 @@ def test_sigkill_mid_batch_then_the_next_run_completes(
     url = sa.make_url(pg_url)
     dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
     client, keys = store.redis.client, store.redis.keys
-    wait_for(lambda: client.zcard(keys.idx) < total, 30, "archival to start")
+    wait_for(lambda: store.redis.count_indexed() < total, 30, "archival to start")
     deadline = time.monotonic() + 20
     mid_transaction = False
-    while time.monotonic() < deadline and client.zcard(keys.idx) > 0:
+    while time.monotonic() < deadline and store.redis.count_indexed() > 0:
         if _worker_transaction_open(dsn, str(url.database)):
             mid_transaction = True
             break
     cluster.kill("first")  # SIGKILL: no cleanup, lock left behind, message unacked
-    left = client.zcard(keys.idx)
+    left = store.redis.count_indexed()
     assert mid_transaction and 0 < left < total, "the kill did not land inside a batch"
     cluster.start_worker("second")
-    wait_for(lambda: client.zcard(keys.idx) == 0, 60, "the next run to finish archiving")
+    wait_for(lambda: store.redis.count_indexed() == 0, 60, "the next run to finish archiving")
     cluster.stop()
     rows = archived(pg_engine, namespace)
     assert sorted(rows) == sids, "sessions lost"

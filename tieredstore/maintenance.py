@@ -128,10 +128,13 @@ class MaintenanceSettings:
     reconcile_interval: float = 60.0
     trim_max_bytes: int | None = None
     trim_keep: bool | None = None
+    parallel: int = 1
 
     def __post_init__(self) -> None:
         if self.lock_ttl <= self.time_budget:
             raise InvalidInput("TIEREDSTORE_LOCK_TTL must exceed TIEREDSTORE_TIME_BUDGET")
+        if not 1 <= self.parallel <= 64:
+            raise InvalidInput(f"TIEREDSTORE_PARALLEL must be 1 to 64, got {self.parallel!r}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MaintenanceSettings:
@@ -152,6 +155,7 @@ class MaintenanceSettings:
             max_chain=_env_int(env, "TIEREDSTORE_MAX_CHAIN", d.max_chain) or 0,
             trim_max_bytes=_env_int(env, "TIEREDSTORE_TRIM_MAX_BYTES", None),
             trim_keep=_env_bool(env, "TIEREDSTORE_TRIM_KEEP"),
+            parallel=_env_int(env, "TIEREDSTORE_PARALLEL", d.parallel) or d.parallel,
         )
 
 
@@ -298,6 +302,7 @@ def expire(
         return _expire_dry(store, hot, run)
     if hot is not None:
         buckets = _Buckets(hot, "expire", lease_ttl, dry_run)
+        sweep_budget = [batch_size * (max_batches or 10)]
 
         def expire_bucket(bucket: int) -> bool:
             while True:
@@ -305,11 +310,12 @@ def expire(
                     run.remaining = True
                     return False
                 purged = hot.purge_batch(bucket, batch_size)
-                run.changed += purged
-                run.batch_done(purged)
+                if purged:
+                    run.changed += purged
+                    run.batch_done(purged)
                 if purged < batch_size:
                     break
-            return _sweep(hot, run, bucket, buckets)
+            return _sweep(hot, run, bucket, buckets, sweep_budget)
 
         buckets.each(expire_bucket)
     if store.archive is not None and run.more():
@@ -328,18 +334,22 @@ def expire(
     return run.result()
 
 
-def _sweep(hot: RedisStore, run: _Run, bucket: int, buckets: _Buckets) -> bool:
-    """Walk ``bucket``'s index from its stored cursor while the run's budget
-    lasts; ``False`` when the budget ran out before the lap's end."""
+def _sweep(hot: RedisStore, run: _Run, bucket: int, buckets: _Buckets,
+           budget: list[int]) -> bool:
+    """Walk ``bucket``'s index from its stored cursor, taking index entries
+    from the call's shared ``budget``; ``False`` when it ran out before the
+    lap's end (the call then reports ``remaining``)."""
     start = hot.bucket_cursor(bucket, "sweep")
     finished = False
-    while run.more() and buckets.renew(bucket):
-        scanned, gone, fixed, dead = hot.sweep(bucket, start, run.batch_size, run.dry_run)
+    while budget[0] > 0 and buckets.renew(bucket):
+        count = min(run.batch_size, budget[0])
+        scanned, gone, fixed, dead = hot.sweep(bucket, start, count, run.dry_run)
+        budget[0] -= max(scanned, 1)
         run.repaired += gone + fixed
         run.changed += dead
-        run.batch_done(scanned)
+        run.scanned += scanned
         start += scanned if run.dry_run else scanned - gone - dead
-        if scanned < run.batch_size:
+        if scanned < count:
             start, finished = 0, True
             break
     if not finished:

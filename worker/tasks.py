@@ -18,6 +18,13 @@ however many beats and workers there are:
   mid-run blocks the task only until then; a run that finds its lock taken
   over stops after its current batch.
 
+With ``TIEREDSTORE_PARALLEL=N`` (default 1) a task runs N-wide: the run that
+claims a slot enqueues N - 1 siblings for the same slot, and each run holds
+one of N locks (``maint:lock:<task>``, ``maint:lock:<task>:1`` ...). The
+maintenance functions lease Redis buckets one at a time (see
+:mod:`tieredstore.maintenance`), so parallel runs work on disjoint buckets
+and never repeat each other's work.
+
 Every run is logged to the capped list ``maint:runs`` (newest first) for
 operators and tests, with ``held``: when it took and released the lock
 (read inside the lock, so one task's spans never overlap while the lock
@@ -117,18 +124,24 @@ class Maintenance:
                                          os.getpid())
         return bool(claimed), int(slot)
 
-    def acquire(self, task: str) -> str | None:
+    def lock_key(self, task: str, index: int) -> str:
+        return f"{self.root}lock:{task}" + (f":{index}" if index else "")
+
+    def acquire(self, task: str) -> tuple[str, int] | None:
+        """Take one of the task's ``parallel`` locks: ``(token, which)``, or ``None``."""
         token = uuid.uuid4().hex
         ttl = int(self.settings.lock_ttl * 1000)
-        taken = self.client.set(self.root + "lock:" + task, token, nx=True, px=ttl)
-        return token if taken else None
+        for index in range(self.settings.parallel):
+            if self.client.set(self.lock_key(task, index), token, nx=True, px=ttl):
+                return token, index
+        return None
 
-    def extend(self, task: str, token: str) -> bool:
+    def extend(self, task: str, token: str, index: int = 0) -> bool:
         ttl = int(self.settings.lock_ttl * 1000)
-        return bool(self.client.eval(_EXTEND, 1, self.root + "lock:" + task, token, ttl))
+        return bool(self.client.eval(_EXTEND, 1, self.lock_key(task, index), token, ttl))
 
-    def release(self, task: str, token: str) -> None:
-        self.client.eval(_RELEASE, 1, self.root + "lock:" + task, token)
+    def release(self, task: str, token: str, index: int = 0) -> None:
+        self.client.eval(_RELEASE, 1, self.lock_key(task, index), token)
 
     def record(self, entry: dict[str, Any]) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -156,7 +169,8 @@ Step = Callable[[Maintenance, maintenance.Progress], MaintenanceResult | None]
 
 def run_task(task: Task, name: str, interval: float, step: Step, slot: int | None,
              chain: int) -> dict[str, Any]:
-    """Claim the slot (scheduled runs), take the lock, run one bounded step, chain if needed."""
+    """Claim the slot (scheduled runs; they also start the parallel siblings),
+    take a lock, run one bounded step, chain if needed."""
     ctx = context()
     started = time.time()
     if slot is None:
@@ -164,14 +178,17 @@ def run_task(task: Task, name: str, interval: float, step: Step, slot: int | Non
         if not claimed:
             log.info("maintenance %s: slot %d already ran", name, slot)
             return {"task": name, "skipped": "slot"}
-    token = ctx.acquire(name)
-    if token is None:
+        for _ in range(ctx.settings.parallel - 1):
+            task.apply_async(kwargs={"slot": slot, "chain": chain})
+    held = ctx.acquire(name)
+    if held is None:
         log.info("maintenance %s: another run holds the lock", name)
         return {"task": name, "skipped": "locked"}
+    token, index = held
     locked_at = time.time()
 
     def heartbeat(done: int, total: int) -> None:
-        if not ctx.extend(name, token):
+        if not ctx.extend(name, token, index):
             raise LockLost(name)
 
     lost = False
@@ -181,10 +198,10 @@ def run_task(task: Task, name: str, interval: float, step: Step, slot: int | Non
         lost, result = True, None
     finally:
         unlocked_at = time.time()
-        ctx.release(name, token)
+        ctx.release(name, token, index)
     summary: dict[str, Any] = {"task": name, "slot": slot, "chain": chain, "started": started,
                                "finished": time.time(), "held": [locked_at, unlocked_at],
-                               "host": socket.gethostname(), "pid": os.getpid(),
+                               "lock": index, "host": socket.gethostname(), "pid": os.getpid(),
                                "lock_lost": lost}
     if result is not None:
         summary["result"] = result.as_dict()
@@ -200,20 +217,24 @@ def _limits(ctx: Maintenance, progress: maintenance.Progress) -> dict[str, Any]:
             "time_budget": s.time_budget, "progress": progress}
 
 
+def _leased(ctx: Maintenance, progress: maintenance.Progress) -> dict[str, Any]:
+    return {**_limits(ctx, progress), "lease_ttl": ctx.settings.lock_ttl}
+
+
 def _expire(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult:
-    return maintenance.expire(ctx.store, **_limits(ctx, progress))
+    return maintenance.expire(ctx.store, **_leased(ctx, progress))
 
 
 def _archive(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult | None:
     if ctx.store.redis is None or ctx.store.archive is None:
         return None  # nothing to archive without both tiers
     return maintenance.archive_idle(ctx.store, archive_after=ctx.settings.archive_after,
-                                    **_limits(ctx, progress))
+                                    **_leased(ctx, progress))
 
 
 def _trim(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult:
     return maintenance.trim(ctx.store, max_bytes=ctx.settings.trim_max_bytes,
-                            keep_trimmed=ctx.settings.trim_keep, **_limits(ctx, progress))
+                            keep_trimmed=ctx.settings.trim_keep, **_leased(ctx, progress))
 
 
 @app.task(name="tieredstore.expire", bind=True, acks_late=True)  # type: ignore[untyped-decorator]

@@ -22,7 +22,7 @@ import redis
 
 from tests.servers import RedisServer, TcpProxy
 from tieredstore import ArchiveStore, BackendUnavailable, SessionNotFound
-from tieredstore.maintenance import _hot, archive_idle
+from tieredstore.maintenance import archive_idle
 from tieredstore.maintenance import reconcile as reconcile_task
 from tieredstore.store import TieredStore
 from tieredstore.tiers.archive import ArchiveCopy
@@ -109,12 +109,12 @@ def test_delete_beats_an_archival_in_flight(
     store = make_tiered(memory_max_bytes=None)
     archive = ArchiveStore(pg_engine, namespace=namespace)
     store.save("hot", [msg(1)])
-    hot = _hot(store)
+    hot = store.redis
     (captured,) = hot.capture_many(["hot"])
     assert captured is not None
     store.delete("hot")
     assert archive.absorb_many([captured.copy()]) == [False]
-    assert hot.evict_many([captured]) == [False]
+    assert hot.evict_many(hot.keys.bucket("hot"), [captured]) == [False]
     assert gone_everywhere(store, archive, "hot")
     # and the spill/window copy of the old generation cannot continue a new one
     store.append("hot", msg(2))
