@@ -150,6 +150,8 @@ def settings_from_env(overrides: Mapping[str, Any]) -> dict[str, Any]:
         settings["max_messages"] = int(env["TIEREDSTORE_MAX_MESSAGES"])
     if env.get("TIEREDSTORE_STALE_AFTER"):
         settings["stale_after"] = float(env["TIEREDSTORE_STALE_AFTER"])
+    if env.get("TIEREDSTORE_BUCKETS"):
+        settings["buckets"] = int(env["TIEREDSTORE_BUCKETS"])
     settings.update(overrides)
     if not settings["redis_url"] and not settings["database_url"]:
         settings["database_url"] = f"sqlite:///{default_data_dir() / 'archive.db'}"
