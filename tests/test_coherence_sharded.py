@@ -12,8 +12,10 @@ listener on standalone Redis.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -86,6 +88,15 @@ class Cluster:
     ports: list[int]
     admin: RedisCluster
     nodes: dict[str, redis.Redis] = field(default_factory=dict)  # "host:port" -> client
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def wait_ok(self) -> None:
+        for client in self.nodes.values():
+            wait_until(
+                lambda c=client: c.execute_command("CLUSTER INFO").get("cluster_state") == "ok",
+                timeout=60,
+                what="cluster_state:ok",
+            )
 
     def owner(self, channel: str) -> str:
         """The primary that serves ``channel``'s slot, asked afresh."""
@@ -111,10 +122,25 @@ def cluster() -> Iterator[Cluster]:
         for port in ports:
             processes.append(
                 subprocess.Popen(
-                    ["redis-server", "--cluster-enabled", "yes",
-                     "--cluster-config-file", f"{tmp}/nodes-{port}.conf",
-                     "--cluster-node-timeout", "2000", "--bind", "127.0.0.1",
-                     "--port", str(port), "--save", "", "--appendonly", "no", "--dir", tmp],
+                    [
+                        "redis-server",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        f"{tmp}/nodes-{port}.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--bind",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        tmp,
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -123,23 +149,32 @@ def cluster() -> Iterator[Cluster]:
             nodes[f"127.0.0.1:{port}"] = redis.Redis(host="127.0.0.1", port=port)
             wait_until(lambda c=nodes[f"127.0.0.1:{port}"]: _answers(c), what="node up")
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=120,
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
+        found = Cluster(ports, RedisCluster(host="127.0.0.1", port=ports[0]), nodes)
+        admin = found.admin
+        found.processes = {
+            f"127.0.0.1:{port}": process for port, process in zip(ports, processes, strict=True)
+        }
+        found.wait_ok()
         for client in nodes.values():
-            wait_until(
-                lambda c=client: c.execute_command("CLUSTER INFO").get("cluster_state") == "ok",
-                what="cluster_state:ok",
-            )
             # A user of the listeners' own: switching it off on one node keeps
             # a listener from resubscribing there, so its unhealthy spell can be seen.
             client.execute_command(
                 "ACL", "SETUSER", LISTENER_USER, "on", f">{LISTENER_PASSWORD}", "~*", "&*", "+@all"
             )
-        admin = RedisCluster(host="127.0.0.1", port=ports[0])
-        wait_until(lambda: len(admin.get_primaries()) == 3, what="three primaries")
-        found = Cluster(ports, admin, nodes)
+        wait_until(lambda: len(found.admin.get_primaries()) == 3, what="three primaries")
         assert len({found.owner(channel) for channel in CHANNELS}) == 3, "channels not spread"
         yield found
     finally:
@@ -274,6 +309,7 @@ def test_every_shard_delivers_and_the_listener_is_healthy(
     started, recorder = running
     listener = started.listener
     assert listener.healthy and listener.subscriptions == 1 and recorder.resubscribes == 1
+    assert listener.core.failures == 0, "a stable cluster is subscribed at the first attempt"
     owners = {cluster.owner(channel) for channel in CHANNELS}
     assert len(owners) == 3
     connections = _shard_connections(cluster, listener.client_name)
@@ -282,6 +318,14 @@ def test_every_shard_delivers_and_the_listener_is_healthy(
         assert len(infos) == 1
         owned = sum(cluster.owner(channel) == node for channel in CHANNELS)
         assert int(infos[0]["ssub"]) == owned and int(infos[0]["sub"]) == 0
+    since = time.monotonic()
+    wait_until(
+        lambda: (
+            set(listener.core.last_heard) == owners
+            and all(at > since for at in listener.core.last_heard.values())
+        ),
+        what="a PING answered on every shard connection",
+    )
     expected = publish_all(cluster, 1)
     wait_until(lambda: expected <= recorder.heard(), what="every channel's invalidation")
     assert listener.received >= len(CHANNELS)
@@ -315,6 +359,31 @@ def test_a_killed_shard_connection_resubscribes_everything(
     assert len(connections) == 3 and all(len(infos) == 1 for infos in connections.values())
     expected = publish_all(cluster, 2)
     wait_until(lambda: expected <= recorder.heard(), what="invalidations after resubscribing")
+
+
+def test_a_silent_shard_makes_the_listener_unhealthy_until_it_answers(
+    running: tuple[Running, Recorder], cluster: Cluster
+) -> None:
+    started, recorder = running
+    listener = started.listener
+    node = cluster.owner(CHANNELS[0])
+    subscriptions, disconnects = listener.subscriptions, listener.disconnects
+    pid = cluster.processes[node].pid
+    os.kill(pid, signal.SIGSTOP)  # open sockets, no replies: only the PINGs can tell
+    try:
+        wait_until(lambda: listener.disconnects > disconnects, what="the silence noticed")
+        assert not listener.healthy
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    cluster.wait_ok()
+    wait_until(
+        lambda: listener.healthy and listener.subscriptions > subscriptions,
+        timeout=60,
+        what="resubscribed after the silence",
+    )
+    assert recorder.resubscribes == listener.subscriptions
+    expected = publish_all(cluster, 4)
+    wait_until(lambda: expected <= recorder.heard(), what="invalidations after the silence")
 
 
 def test_a_migrated_slot_is_followed_to_its_new_owner(

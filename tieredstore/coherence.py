@@ -55,6 +55,7 @@ __all__ = [
     "Plan",
     "SeenGenerations",
     "SubscriptionLost",
+    "channel_slot",
 ]
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ class ListenerCore:
         self.received = 0
         self.subscriptions = 0
         self.disconnects = 0
+        self.failures = 0  # every failed round, counted or not as a disconnect
 
     @property
     def label(self) -> str:
@@ -178,6 +180,11 @@ class ListenerCore:
         now = time.monotonic()
         limit = 3 * self.ping_interval
         return all(now - link.last_heard < limit for link in list(self._links.values()))
+
+    @property
+    def last_heard(self) -> dict[str, float]:
+        """Per connection (node name), when (``time.monotonic()``) it was last heard from."""
+        return {node: link.last_heard for node, link in list(self._links.items())}
 
     @property
     def poll_timeout(self) -> float:
@@ -250,13 +257,14 @@ class ListenerCore:
 
     def failed(self, exc: BaseException, *, expected: bool) -> float:
         """A connection broke; returns how long to wait before reconnecting them all."""
+        was_subscribed, self.subscribed = self.subscribed, False
+        self.failures += 1
         if expected:
-            if self.subscribed:
+            if was_subscribed:
                 self.disconnects += 1
                 log.warning("invalidation channel %s lost: %s", self.label, exc)
         else:  # pragma: no cover - keep the listener alive whatever happens
             log.error("invalidation listener error", exc_info=exc)
-        self.subscribed = False
         pause = self._backoff
         self._backoff = min(self._backoff * 2, 1.0)
         return pause
@@ -387,6 +395,7 @@ class InvalidationListener(_Counters):
         manager = client.nodes_manager
         if refresh and self.core.sharded:
             manager.initialize(disconnect_startup_nodes_pools=False)
+        if self.core.sharded:
             nodes = {c: manager.get_node_from_slot(channel_slot(c)) for c in self.core.channels}
         else:
             default: Any = client.get_default_node()  # type: ignore[no-untyped-call]
