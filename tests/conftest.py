@@ -192,6 +192,8 @@ SYNC_KINDS = [
     "tiered-memory-redis",
     "tiered-memory-sqlite",
     "tiered-redis-pg",
+    "redis-cluster",
+    "tiered-memory-redis-cluster-pg",
 ]
 ASYNC_KINDS = [f"async-{kind}" for kind in SYNC_KINDS]
 STORE_KINDS = SYNC_KINDS + ASYNC_KINDS
@@ -378,9 +380,11 @@ def tiered_factory(
     redis: bool,
     archive: str | None,
     asynchronous: bool = False,
+    cluster: bool = False,
     **fixed: Any,
 ) -> Callable[..., Any]:
-    """Build TieredStores (or AsyncTieredStores) over the run's servers.
+    """Build TieredStores (or AsyncTieredStores) over the run's servers
+    (``cluster``: on the Redis Cluster).
 
     Options reach every tier that uses them.
     """
@@ -389,7 +393,8 @@ def tiered_factory(
     from tieredstore.aio import AsyncTieredStore
     from tieredstore.store import TieredStore
 
-    client_fixture = "async_redis_client" if asynchronous else "redis_client"
+    client_fixture = ("async_" if asynchronous else "") + (
+        "cluster_client" if cluster else "redis_client")
     client = request.getfixturevalue(client_fixture) if redis else None
     prefix = request.getfixturevalue("redis_prefix") if redis else None
     engine = None
@@ -428,10 +433,10 @@ def _factory(kind: str, request: pytest.FixtureRequest) -> tuple[Callable[..., A
         return make_facade, real_time
     if kind == "memory":
         return (lambda ns, clock, **kw: MemoryStore(clock=clock, **kw)), False
-    if kind == "redis":
+    if kind in ("redis", "redis-cluster"):
         from tieredstore import RedisStore
 
-        client = request.getfixturevalue("redis_client")
+        client = request.getfixturevalue("cluster_client" if "cluster" in kind else "redis_client")
         prefix = request.getfixturevalue("redis_prefix")
         return (lambda ns, clock, **kw: RedisStore(client, namespace=ns, prefix=prefix, **kw)), True
     if kind == "archive-pg":
@@ -460,7 +465,8 @@ def _factory(kind: str, request: pytest.FixtureRequest) -> tuple[Callable[..., A
         parts = kind.split("-")[1:]
         archive = "pg" if "pg" in parts else "sqlite" if "sqlite" in parts else None
         factory = tiered_factory(
-            request, memory="memory" in parts, redis="redis" in parts, archive=archive
+            request, memory="memory" in parts, redis="redis" in parts, archive=archive,
+            cluster="cluster" in parts,
         )
         return factory, "redis" in parts
     raise AssertionError(f"unknown store kind {kind}")
@@ -472,10 +478,11 @@ def _async_factory(kind: str, request: pytest.FixtureRequest) -> tuple[Callable[
         from tieredstore.aio import AsyncMemoryStore
 
         return (lambda ns, clock, **kw: AsyncMemoryStore(clock=clock, **kw)), False
-    if kind == "redis":
+    if kind in ("redis", "redis-cluster"):
         from tieredstore.tiers.redis import AsyncRedisStore
 
-        client = request.getfixturevalue("async_redis_client")
+        client = request.getfixturevalue(
+            "async_cluster_client" if "cluster" in kind else "async_redis_client")
         prefix = request.getfixturevalue("redis_prefix")
         return (
             lambda ns, clock, **kw: AsyncRedisStore(client, namespace=ns, prefix=prefix, **kw)
@@ -497,6 +504,7 @@ def _async_factory(kind: str, request: pytest.FixtureRequest) -> tuple[Callable[
             redis="redis" in parts,
             archive=archive,
             asynchronous=True,
+            cluster="cluster" in parts,
         )
         return factory, "redis" in parts
     raise AssertionError(f"unknown async store kind {kind}")

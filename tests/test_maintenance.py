@@ -85,7 +85,8 @@ def archive_all(store: TieredStore, **limits: Any) -> Any:
 
 def is_hot(store: TieredStore, sid: str) -> bool:
     client, keys = store.redis.client, store.redis.keys
-    return bool(client.exists(*keys.session(sid))) or client.zscore(index(store, sid), sid) is not None
+    indexed = client.zscore(index(store, sid), sid) is not None
+    return bool(client.exists(*keys.session(sid))) or indexed
 
 
 def index(store: TieredStore, sid: str, name: str = "idx") -> str:
