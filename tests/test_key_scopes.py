@@ -3,11 +3,14 @@
 Redis keys are ``<prefix>:<namespace>:<rest>``; neither part may hold ``:``
 (nor, being ids, ``{`` ``}`` or whitespace), so the first two fields of a key
 name its scope. A pair that could alias another (``P:a``/``u`` against
-``P``/``a``, whose per-user index ``P:a:u:<user>`` the first would share)
-is rejected. Within one scope the key roles cannot meet either: session
-keys start with ``{``, per-user indexes with ``u:``, maintenance keys with
-``maint:``, and the rest are fixed names. The archive compares namespaces
-exactly (no patterns), so ``a``, ``a:b``, ``a_`` and ``a%`` are unrelated.
+``P``/``a``) is rejected. Within one scope the key roles cannot meet either:
+every key but ``buckets`` starts with its bucket's hash tag
+``{<namespace>.<b>}:``, followed by a role that ends where its argument
+begins (``m:``, ``h:``, ``x:``, ``d:``, ``o:``, ``l:`` per session, ``u:``
+per user, ``lease:`` and ``cur:`` per task) or by a fixed name (``idx``,
+``exp``, ``own``, ``obx``, the channel ``inval``). The archive compares
+namespaces exactly (no patterns), so ``a``, ``a:b``, ``a_`` and ``a%`` are
+unrelated.
 
 Each test on real servers writes the same session and user ids into several
 near-identical scopes and checks that listing, loading, expiry
@@ -36,8 +39,9 @@ from tieredstore.maintenance import expire
 from tieredstore.query import ArchiveQuery, erase
 from tieredstore.tiers.redis import RedisKeys
 
-SIDS = ["s1", "idx", "exp", "own", "inval", "u:U", "maint:cursor:expire", "m"]
+SIDS = ["s1", "idx", "exp", "own", "inval", "u:U", "lease:expire", "m", "h:x", "obx"]
 USERS = ["U", "idx", "u", "maint"]
+TASKS = ["expire", "trim", "archive_idle", "reconcile"]
 
 
 def message(scope: int, sid: str) -> dict[str, Any]:
@@ -73,7 +77,8 @@ def test_the_measured_collision_is_rejected_before_any_write(
             build()
     # ... so P/a's per-user index keys belong to P/a alone.
     keys = RedisKeys(redis_prefix, namespace)
-    assert keys.user("x") == f"{redis_prefix}:{namespace}:u:x"
+    for b in range(keys.buckets):
+        assert keys.user(b, "x") == f"{redis_prefix}:{namespace}:{{{namespace}.{b}}}:u:x"
 
 
 def names(keys: RedisKeys, sids: list[str], users: list[str]) -> dict[str, tuple[str, str]]:
@@ -84,19 +89,29 @@ def names(keys: RedisKeys, sids: list[str], users: list[str]) -> dict[str, tuple
         assert name not in out, f"{name!r} is both {out[name]} and {(role, arg)}"
         out[name] = (role, arg)
 
-    for fixed in ("idx", "exp", "own"):
-        add(getattr(keys, fixed), fixed)
     add(keys.channel, "channel")
-    for task in ("expire", "trim", "archive_idle"):
-        add(keys.root + "maint:cursor:" + task, "cursor", task)
-        add(keys.root + "maint:lock:" + task, "worker lock", task)
+    add(keys.layout, "layout")
+    for b in range(keys.buckets):
+        arg = str(b)
+        add(keys.idx(b), "idx", arg)
+        add(keys.exp(b), "exp", arg)
+        add(keys.own(b), "own", arg)
+        add(keys.obx(b), "obx", arg)
+        add(keys.bucket_channel(b), "bucket channel", arg)
+        for task in TASKS:
+            add(keys.lease(b, task), "lease", f"{b} {task}")
+            add(keys.cursor(b, task), "cursor", f"{b} {task}")
+        for user in users:
+            add(keys.user(b, user), "user", f"{b} {user}")
     for sid in sids:
         add(keys.messages(sid), "messages", sid)
         add(keys.meta(sid), "meta", sid)
         add(keys.spill(sid), "spill", sid)
+        add(keys.tombstone(sid), "tombstone", sid)
+        add(keys.outbox(sid), "outbox", sid)
         add(keys.lock(sid), "lock", sid)
-    for user in users:
-        add(keys.user(user), "user", user)
+        for user in users:
+            assert keys.user_of(sid, user) == keys.user(keys.bucket(sid), user)
     return out
 
 
@@ -104,21 +119,23 @@ part = st.text(alphabet="aAu-_.:/@%{}é", min_size=1, max_size=4)
 ident = st.text(alphabet="aAu-_.:/@%xidexpownmaintcursor", min_size=1, max_size=10)
 
 
-def _valid(prefix: str, namespace: str) -> RedisKeys | None:
+def _valid(prefix: str, namespace: str, buckets: int) -> RedisKeys | None:
     try:
-        return RedisKeys(prefix, namespace)
+        return RedisKeys(prefix, namespace, buckets)
     except InvalidInput:
         return None
 
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(a=st.tuples(part, part), b=st.tuples(part, part),
+       buckets=st.tuples(st.sampled_from([1, 3, 16]), st.sampled_from([1, 3, 16])),
        sids=st.lists(ident, max_size=6, unique=True),
        users=st.lists(ident, max_size=6, unique=True))
 def test_distinct_scopes_never_share_a_name(
-    a: tuple[str, str], b: tuple[str, str], sids: list[str], users: list[str]
+    a: tuple[str, str], b: tuple[str, str], buckets: tuple[int, int], sids: list[str],
+    users: list[str]
 ) -> None:
-    keys_a, keys_b = _valid(*a), _valid(*b)
+    keys_a, keys_b = _valid(*a, buckets[0]), _valid(*b, buckets[1])
     for keys in (keys_a, keys_b):
         if keys is not None:
             own = names(keys, sids, users)  # within a scope: no two roles meet
@@ -208,14 +225,18 @@ def test_expiry_in_one_scope_leaves_the_others_alone(scopes: list[TieredStore]) 
     for store in scopes:
         store.save("short", [message(0, "short")], ttl=0.2, user_id="U")
     time.sleep(0.5)
-    result = expire(first, now=time.time() + 1)
-    assert result.changed >= 1
+    # max_batches=None: one call works through every bucket, then the archive
+    result = expire(first, now=time.time() + 1, max_batches=None)
+    assert result.changed >= 1 and not result.remaining
+    keys = first.redis.keys
+    assert first.redis.client.zscore(keys.idx(keys.bucket("short")), "short") is None
     for store in others:
         # Expired but not purged: its index entries and archive row are still there.
-        assert store.redis.client.zscore(store.redis.keys.idx, "short") is not None
+        keys = store.redis.keys
+        assert store.redis.client.zscore(keys.idx(keys.bucket("short")), "short") is not None
         assert "short" in ArchiveQuery(store.archive).session_ids("U")
     for i, store in enumerate(scopes):
-        expire(store, now=time.time() + 1)
+        expire(store, now=time.time() + 1, max_batches=None)
         assert "short" not in ArchiveQuery(store.archive).session_ids("U")
         _owned(store, i)
 

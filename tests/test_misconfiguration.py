@@ -14,7 +14,6 @@ import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -22,6 +21,8 @@ import redis.asyncio
 import sqlalchemy as sa
 from redis import exceptions as rx
 from redis._parsers.base import BaseParser
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from tests.conftest import REDIS_URL
 from tests.servers import RedisServer, free_port
@@ -35,8 +36,9 @@ from tieredstore import (
     migrate,
 )
 from tieredstore.query import ArchiveQuery
-from tieredstore.tiers.redis import AsyncRedisStore
+from tieredstore.tiers.redis import AsyncRedisStore, Call
 from tieredstore.tiers.redis.errors import translate
+from tieredstore.tiers.redis.plans import Plan
 
 USER = {"role": "user", "content": "Hello"}
 
@@ -114,7 +116,8 @@ def test_a_foreign_key_of_the_wrong_type_is_a_configuration_error(
     redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     store = RedisStore(redis_client, prefix=redis_prefix, namespace=f"wt-{uuid.uuid4().hex[:8]}")
-    redis_client.set(store.keys.idx, "not a sorted set")  # someone else's key in our layout
+    # someone else's key in our layout: the index of s1's bucket
+    redis_client.set(store.keys.idx(store.keys.bucket("s1")), "not a sorted set")
     with pytest.raises(ConfigurationError, match="WRONGTYPE") as info:
         store.save("s1", [USER])
     assert isinstance(info.value.__cause__, rx.ResponseError)
@@ -126,8 +129,8 @@ def test_async_store_translates_the_same(
     redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     namespace = f"wt-{uuid.uuid4().hex[:8]}"
-    redis_client.set(RedisStore(redis_client, prefix=redis_prefix, namespace=namespace).keys.idx,
-                     "x")
+    keys = RedisStore(redis_client, prefix=redis_prefix, namespace=namespace).keys
+    redis_client.set(keys.idx(keys.bucket("s1")), "x")
 
     async def main() -> None:
         client = redis.asyncio.Redis.from_url(REDIS_URL)
@@ -135,6 +138,8 @@ def test_async_store_translates_the_same(
             store = AsyncRedisStore(client, prefix=redis_prefix, namespace=namespace)
             with pytest.raises(ConfigurationError, match="WRONGTYPE"):
                 await store.save("s1", [USER])
+            with pytest.raises(ConfigurationError, match="WRONGTYPE"):
+                await store.list()
         finally:
             await client.aclose()
 
@@ -187,18 +192,32 @@ def test_a_dead_port_is_still_backend_unavailable() -> None:
         client.close()
 
 
+def _cross_slot_call(store: RedisStore) -> Plan[object]:
+    """A script call naming keys of two buckets (no plan of the store makes one)."""
+    keys = store.keys
+    first = keys.idx(0)
+    other = next(keys.idx(b) for b in range(1, keys.buckets)
+                 if key_slot(keys.idx(b).encode()) != key_slot(first.encode()))
+    reply = yield Call("layout", [first, other], [keys.buckets])
+    return reply
+
+
 def test_cluster_client_exceptions_are_translated(
-    redis_client: redis.Redis, redis_prefix: str
+    cluster_client: RedisCluster, redis_prefix: str
 ) -> None:
-    """``RedisClusterException`` is not a ``RedisError``; the shells catch it too."""
-    store = RedisStore(redis_client, prefix=redis_prefix, namespace=f"cl-{uuid.uuid4().hex[:8]}")
+    """``RedisClusterException`` is not a ``RedisError``; the shells catch it too.
 
-    def cross_slot(*args: Any, **kwargs: Any) -> Any:
-        raise rx.RedisClusterException("EVALSHA - all keys must map to the same key slot")
-
-    store._scripts = dict.fromkeys(store._scripts, cross_slot)
-    with pytest.raises(ConfigurationError, match="same key slot"):
-        store.save("s1", [USER])
+    The cluster client itself refuses a script whose keys span slots, before
+    sending anything.
+    """
+    store = RedisStore(cluster_client, prefix=redis_prefix,
+                       namespace=f"cl-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(ConfigurationError, match="same key slot") as info:
+        store._drive(_cross_slot_call(store))
+    assert type(info.value.__cause__) is rx.RedisClusterException
+    store.save("s1", [USER], user_id="u")  # the store's own calls stay in one slot
+    assert store.load("s1") == [USER] and store.list(user_id="u").ids == ["s1"]
+    assert store.delete("s1")
 
 
 # -- the archive ----------------------------------------------------------------------

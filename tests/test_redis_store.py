@@ -1,8 +1,9 @@
 """What is special to ``RedisStore``; the shared contract lives in test_conformance.
 
-Key layout and hash tags, one ``EVALSHA`` per operation (observed on the
-server with ``MONITOR``), equal expiry on every per-session key, server-side
-time, the index's keyset pagination and lazy cleanup, the Lua trim against
+Key layout (buckets and their hash tags), one ``EVALSHA`` per write and read
+and one per bucket for ``list`` (observed on the server with ``MONITOR``),
+equal expiry on every per-session key, server-side time, the index's keyset
+pagination and lazy cleanup, the Lua trim against
 :func:`tieredstore.policy.plan_trim` (seqs and spill included), what
 ``TieredStore`` uses (receipts, seqs, snapshot/restore, ``create=False``,
 invalidations, spill and history pages, ``list_keys``/``exists_many``, one
@@ -14,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -122,16 +124,34 @@ def server_commands(client: redis.Redis) -> Iterator[list[str]]:
 # -- key layout ----------------------------------------------------------------
 
 
+def idx(store: RedisStore, sid: str) -> str:
+    """The activity index of ``sid``'s bucket."""
+    return store.keys.idx(store.keys.bucket(sid))
+
+
+def exp(store: RedisStore, sid: str) -> str:
+    """The expiry index of ``sid``'s bucket."""
+    return store.keys.exp(store.keys.bucket(sid))
+
+
+def tag(namespace: str, sid: str, buckets: int = 16) -> str:
+    """The bucket hash tag of ``sid``, computed without :class:`RedisKeys`."""
+    return f"{PREFIX}:{namespace}:{{{namespace}.{zlib.crc32(sid.encode()) % buckets}}}:"
+
+
 def test_key_layout_and_hash_tags(store: RedisStore, client: redis.Redis) -> None:
     ns = store.keys.namespace
     store.save("s-1", [user("hi")], ttl=60, user_id="alice", metadata={"title": "T"})
-    root = f"{PREFIX}:{ns}:"
-    m, h = f"{root}{{s-1}}:m", f"{root}{{s-1}}:h"
+    root, t = f"{PREFIX}:{ns}:", tag(ns, "s-1")
+    m, h = f"{t}m:s-1", f"{t}h:s-1"
+    assert client.get(root + "buckets") == b"16"  # recorded by the store's first call
     assert client.type(m) == b"list"
     assert client.type(h) == b"hash"
-    assert client.type(root + "idx") == b"zset"
-    assert client.type(root + "exp") == b"zset"
-    assert client.type(root + "u:alice") == b"zset"
+    assert client.type(t + "idx") == b"zset"
+    assert client.type(t + "exp") == b"zset"
+    assert client.type(t + "u:alice") == b"zset"
+    assert client.hgetall(t + "own") == {b"s-1": b"alice"}
+    assert client.zscore(t + "u:alice", "s-1") == client.zscore(t + "idx", "s-1")
     fields = client.hgetall(h)
     assert fields[b"version"] == b"1"
     assert fields[b"user"] == b"alice"
@@ -141,16 +161,51 @@ def test_key_layout_and_hash_tags(store: RedisStore, client: redis.Redis) -> Non
     assert fields[b"n"] == b"1" and fields[b"b"] == b"0"
     kind, seq, _, message = decode_entry(client.lindex(m, 0))  # type: ignore[arg-type]
     assert (kind, seq, message) == ("m", 0, user("hi"))
-    assert client.zscore(root + "idx", "s-1") == int(fields[b"updated"])
-    assert client.zscore(root + "exp", "s-1") == int(fields[b"expires"])
+    assert client.zscore(t + "idx", "s-1") == int(fields[b"updated"])
+    assert client.zscore(t + "exp", "s-1") == int(fields[b"expires"])
+    # nothing of the session outside its bucket: the root holds only the layout
+    names = {key.decode() for key in client.scan_iter(match=root + "*", count=1000)}
+    assert names == {root + "buckets", m, h, t + "idx", t + "exp", t + "own", t + "u:alice"}
 
 
 @pytest.mark.parametrize("sid", ["a", "s-123", "user:42:chat", "émoji-🙂", "x" * 256])
-def test_one_sessions_keys_share_a_cluster_slot(sid: str) -> None:
+@pytest.mark.parametrize("buckets", [1, 16, 1024])
+def test_one_sessions_keys_share_a_cluster_slot(sid: str, buckets: int) -> None:
+    """All of a session's keys and its bucket's index keys hash to the bucket's slot."""
+    keys = RedisKeys("ts", "ns", buckets)
+    b = keys.bucket(sid)
+    assert b == zlib.crc32(sid.encode()) % buckets
+    assert keys.tag(sid) == f"ts:ns:{{ns.{b}}}:"
+    slot = key_slot(f"ns.{b}".encode())
+    names = [
+        *keys.session(sid),
+        *keys.writes(sid),
+        keys.messages(sid),
+        keys.meta(sid),
+        keys.spill(sid),
+        keys.tombstone(sid),
+        keys.outbox(sid),
+        keys.lock(sid),
+        keys.user_of(sid, "alice"),
+        keys.user_of(sid, "u:{x}"),
+        keys.idx(b),
+        keys.exp(b),
+        keys.own(b),
+        keys.obx(b),
+        keys.user(b, "alice"),
+        keys.lease(b, "expire"),
+        keys.cursor(b, "trim"),
+        keys.bucket_channel(b),
+    ]
+    assert {key_slot(name.encode()) for name in names} == {slot}
+    assert keys.user_of(sid, "alice") == keys.user(b, "alice")
+    assert keys.writes(sid)[5:] == [keys.idx(b), keys.exp(b), keys.own(b), keys.obx(b)]
+
+
+def test_buckets_spread_over_slots() -> None:
     keys = RedisKeys("ts", "ns")
-    m, h, x = keys.session(sid)
-    assert key_slot(m.encode()) == key_slot(h.encode()) == key_slot(sid.encode())
-    assert key_slot(x.encode()) == key_slot(sid.encode())
+    assert len({key_slot(keys.idx(b).encode()) for b in range(keys.buckets)}) > 1
+    assert {keys.bucket(f"s{i}") for i in range(1000)} == set(range(16))
 
 
 def test_empty_history_has_a_hash_and_no_list(store: RedisStore, client: redis.Redis) -> None:
@@ -174,12 +229,14 @@ def test_prefix_and_namespace_are_validated(client: redis.Redis, bad: str) -> No
 
 
 def test_every_write_is_one_evalsha(store: RedisStore, client: redis.Redis) -> None:
+    with server_commands(client) as seen:
+        store.exists("warm")
+    assert seen == ["EVALSHA", "EVALSHA"]  # the store's first call checks the layout, once
     writes: list[Callable[[], object]] = [
         lambda: store.save("w", [user("a")], ttl=60, user_id="u1", metadata={"k": 1}),
         lambda: store.append("w", user("b"), Message(role="system", content="s")),
         lambda: store.append("w", user("c"), ttl=30, expected_version=2),
         lambda: store.merge_metadata("w", {"k": None, "j": [1, 2]}),
-        lambda: store.fork("w", "w2"),
         lambda: store.delete("w2"),
         lambda: store.delete("never-existed"),
     ]
@@ -187,6 +244,27 @@ def test_every_write_is_one_evalsha(store: RedisStore, client: redis.Redis) -> N
         with server_commands(client) as seen:
             write()
         assert seen == ["EVALSHA"]
+    # source and copy may live in different buckets: one script reads, one writes
+    with server_commands(client) as seen:
+        store.fork("w", "w2")
+    assert seen == ["EVALSHA", "EVALSHA"]
+
+
+def test_a_write_meeting_an_undeclared_owner_calls_again(
+    store: RedisStore, client: redis.Redis
+) -> None:
+    """Another store object moved the session to another user: the script asks
+    for that user's index and writes nothing; the second call writes."""
+    store.save("o", [user("a")], user_id="u1")
+    other = RedisStore(prefix=PREFIX, namespace=store.keys.namespace, url=REDIS_URL)
+    try:
+        other.save("o", [user("b")], user_id="u2")
+    finally:
+        other.close()
+    with server_commands(client) as seen:
+        store.append("o", user("c"))
+    assert seen == ["EVALSHA", "EVALSHA"]
+    assert store.list(user_id="u2").ids == ["o"] and store.list(user_id="u1").ids == []
 
 
 @pytest.mark.parametrize("sliding", [False, True])
@@ -201,13 +279,16 @@ def test_every_read_is_one_evalsha(make: Any, client: redis.Redis, sliding: bool
         lambda: store.count("r"),
         lambda: store.exists("r"),
         lambda: store.exists("missing"),
-        lambda: store.list(limit=10),
-        lambda: store.list(user_id="u", limit=10),
     ]
     for read in reads:
         with server_commands(client) as seen:
             read()
         assert seen == ["EVALSHA"]
+    # list: one script per bucket, pipelined (one round trip, see below)
+    for listing in (lambda: store.list(limit=10), lambda: store.list(user_id="u", limit=10)):
+        with server_commands(client) as seen:
+            listing()
+        assert seen == ["EVALSHA"] * store.bucket_count
 
 
 def test_a_conflicting_write_writes_nothing(store: RedisStore, client: redis.Redis) -> None:
@@ -277,7 +358,7 @@ def test_sliding_read_moves_both_keys_and_the_index(make: Any, client: redis.Red
     store.load("slide", last=1)
     assert client.pexpiretime(m) == client.pexpiretime(h)
     assert client.pttl(h) > 50_000
-    assert client.zscore(store.keys.exp, "slide") == client.pexpiretime(h)
+    assert client.zscore(exp(store, "slide"), "slide") == client.pexpiretime(h)
 
 
 def test_expired_sessions_leave_list_and_index(store: RedisStore, client: redis.Redis) -> None:
@@ -287,9 +368,9 @@ def test_expired_sessions_leave_list_and_index(store: RedisStore, client: redis.
     with pytest.raises(SessionNotFound):
         store.load("gone")
     assert store.list().ids == ["kept"]
-    assert client.zscore(store.keys.idx, "gone") is None  # dropped lazily by list
+    assert client.zscore(idx(store, "gone"), "gone") is None  # dropped lazily by list
     assert store.list(user_id="u").ids == ["kept"]
-    assert client.zscore(store.keys.user("u"), "gone") is None
+    assert client.zscore(store.keys.user_of("gone", "u"), "gone") is None
 
 
 def test_purge_expired_and_stats(store: RedisStore, client: redis.Redis) -> None:
@@ -303,9 +384,11 @@ def test_purge_expired_and_stats(store: RedisStore, client: redis.Redis) -> None
     stats = store.stats()
     assert stats["indexed_sessions"] == 1
     assert stats["expiring_sessions"] == 1
-    assert stats["used_memory"] > 0
-    assert client.zcard(store.keys.user("u")) == 0
-    assert client.hlen(store.keys.own) == 0
+    assert stats["used_memory"] > 0 and stats["buckets"] == 16
+    k = store.keys
+    assert len({k.bucket(f"e{i}") for i in range(5)}) > 1  # the purge crossed buckets
+    assert all(client.zcard(k.user(b, "u")) == 0 for b in range(k.buckets))
+    assert all(client.hlen(k.own(b)) == 0 for b in range(k.buckets))
 
 
 def test_recreated_session_leaves_the_old_users_listing(store: RedisStore) -> None:
@@ -323,9 +406,13 @@ def test_recreated_session_leaves_the_old_users_listing(store: RedisStore) -> No
 
 
 def _tie(store: RedisStore, client: redis.Redis, sids: list[str], score: int) -> None:
-    """Give sessions the same last-activity score, as a busy server would."""
+    """Give sessions the same last-activity score, as a busy server would: in
+    their bucket's index and, for a session with a user, in the user's index."""
     for sid in sids:
-        client.zadd(store.keys.idx, {sid: score})
+        client.zadd(idx(store, sid), {sid: score})
+        owner = client.hget(store.keys.meta(sid), "user")
+        if owner is not None:
+            client.zadd(store.keys.user_of(sid, owner.decode()), {sid: score})
         client.hset(store.keys.meta(sid), "updated", score)
 
 
@@ -338,7 +425,7 @@ def test_pages_through_ties_exactly_once(
         store.save(sid, [])
     _tie(store, client, sids[5:18], 1_700_000_000_000)
     expected = sorted(
-        ((int(client.zscore(store.keys.idx, s) or 0), s) for s in sids),
+        ((int(client.zscore(idx(store, s), s) or 0), s) for s in sids),
         reverse=order == "desc",
     )
     seen: list[str] = []
@@ -372,14 +459,21 @@ def test_cursor_survives_its_session_moving(
 def test_list_skips_many_dead_entries_across_scan_budgets(
     store: RedisStore, client: redis.Redis
 ) -> None:
+    k = store.keys
+    home = k.bucket("alive")
+    # index entries of sessions that expired long ago, all in one bucket, so that
+    # its walk spends more than two scan budgets
+    dead = [s for s in (f"dead{i}" for i in range(100_000)) if k.bucket(s) == home][:2500]
+    assert len(dead) == 2500
     pipe = client.pipeline(transaction=False)
-    for i in range(2500):  # index entries of sessions that expired long ago
-        pipe.zadd(store.keys.idx, {f"dead{i}": 2_000_000_000_000 + i})
-        pipe.zadd(store.keys.exp, {f"dead{i}": 1})
+    for i, sid in enumerate(dead):
+        pipe.zadd(k.idx(home), {sid: 2_000_000_000_000 + i})
+        pipe.zadd(k.exp(home), {sid: 1})
     pipe.execute()
     store.save("alive", [])
     assert store.list(limit=10).ids == ["alive"]
-    assert client.zcard(store.keys.idx) == 1
+    assert client.zcard(k.idx(home)) == 1
+    assert sum(client.zcard(k.idx(b)) for b in range(k.buckets)) == 1
 
 
 def test_a_page_of_ten_thousand(store: RedisStore, client: redis.Redis) -> None:
@@ -387,7 +481,7 @@ def test_a_page_of_ten_thousand(store: RedisStore, client: redis.Redis) -> None:
     sids = [f"p{i:05d}" for i in range(9000)]
     pipe = client.pipeline(transaction=False)
     for i, sid in enumerate(sids):  # index entries are enough: list never reads sessions
-        pipe.zadd(store.keys.idx, {sid: 1_700_000_000_000 + i})
+        pipe.zadd(idx(store, sid), {sid: 1_700_000_000_000 + i})
     pipe.execute()
     page = store.list(limit=10_000)
     assert page.ids == sids[::-1] and page.next_cursor is None
@@ -609,7 +703,7 @@ def test_snapshot_reads_the_window_with_its_bookkeeping(make: Any, client: redis
     assert refreshed is not None and refreshed.expires_ms is not None
     assert refreshed.expires_ms > server_ms(client) + 50_000
     assert client.pexpiretime(store.keys.meta("s")) == refreshed.expires_ms
-    assert client.zscore(store.keys.exp, "s") == refreshed.expires_ms
+    assert client.zscore(exp(store, "s"), "s") == refreshed.expires_ms
     with pytest.raises(InvalidInput):
         store.snapshot("s", -1)
 
@@ -632,8 +726,9 @@ def test_restore_round_trips_a_snapshot_onto_an_absent_session(
     assert client.exists(x) == 0
     assert client.hget(h, "lead") == b"1"
     assert target.list().ids == ["r"] and target.list(user_id="ann").ids == ["r"]
-    assert client.zscore(target.keys.idx, "r") == taken.updated_ms
-    assert client.zscore(target.keys.exp, "r") == taken.expires_ms
+    assert client.zscore(idx(target, "r"), "r") == taken.updated_ms
+    assert client.zscore(exp(target, "r"), "r") == taken.expires_ms
+    assert client.zscore(target.keys.user_of("r", "ann"), "r") == taken.updated_ms
     # present now: a second restore writes nothing
     before = {key: client.dump(key) for key in (m, h)}
     assert not target.restore(taken)
@@ -708,7 +803,7 @@ def test_create_false_leaves_a_missing_session_alone(make: Any, client: redis.Re
         assert append(store, "c", user("a"), create=False, expected_version=3) is None
     assert heard == []
     assert client.exists(*store.keys_of("c")) == 0
-    assert client.zscore(store.keys.idx, "c") is None
+    assert client.zscore(idx(store, "c"), "c") is None
     # an expired session is missing too
     store.save("c", [user("old")], ttl=0.05)
     time.sleep(0.1)
@@ -880,7 +975,9 @@ def test_evict_removes_only_the_generation_it_was_given(make: Any, client: redis
     assert store.evict("v", created_ms=taken.created_ms, version=taken.version + 1)
     assert client.exists(*store.keys_of("v")) == 0
     assert store.list().ids == [] and store.list(user_id="u").ids == []
-    assert client.zscore(store.keys.exp, "v") is None
+    assert client.zscore(exp(store, "v"), "v") is None
+    assert client.zscore(store.keys.user_of("v", "u"), "v") is None
+    assert not client.hexists(store.keys.own(store.keys.bucket("v")), "v")
     assert not store.evict("v", created_ms=taken.created_ms, version=taken.version + 1)
 
 
@@ -902,7 +999,7 @@ def test_list_keys_is_the_keyset_behind_list(
     everything = store.list(limit=100, order=order).ids
     keys = store.list_keys(None, 3, None, order)
     assert [sid for _, sid in keys] == everything[:3]
-    assert all(client.zscore(store.keys.idx, sid) == score for score, sid in keys)
+    assert all(client.zscore(idx(store, sid), sid) == score for score, sid in keys)
     rest = store.list_keys(None, 100, keys[-1], order)
     assert [sid for _, sid in keys + rest] == everything
     assert store.list_keys(None, 100, rest[-1], order) == []
@@ -929,8 +1026,8 @@ def test_exists_many(store: RedisStore, client: redis.Redis) -> None:
 
 
 def test_keys_of(store: RedisStore) -> None:
-    root = f"{PREFIX}:{store.keys.namespace}:"
-    assert store.keys_of("s") == [f"{root}{{s}}:m", f"{root}{{s}}:h", f"{root}{{s}}:x"]
+    t = tag(store.keys.namespace, "s")
+    assert store.keys_of("s") == [f"{t}m:s", f"{t}h:s", f"{t}x:s"]
     with pytest.raises(InvalidInput):
         store.keys_of("a b")
 

@@ -357,11 +357,11 @@ class RedisOps:
     def fork(self, src: str, dst: str, *, ttl_ms: int | None) -> Plan[int]:
         k = self.keys
         m, h, x = k.session(src)
-        replies = yield Commands(
-            [("TIME",), ("HGETALL", h), ("LRANGE", m, 0, -1), ("LRANGE", x, 0, -1)]
-        )
-        (seconds, micros), flat, window, spilled = replies
-        o: dict[bytes, bytes] = dict(flat)  # redis-py answers HGETALL as a dict
+        # One script reads the source (a pipeline is not atomic: a write between
+        # its commands would give a hash and a window of different versions).
+        reply = yield Call("capture", [h, m, x], [])
+        seconds, micros, flat, window, spilled = reply
+        o = {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
         expires = o.get(b"expires")
         now = int(seconds) * 1000 + int(micros) // 1000
         if b"version" not in o or (expires is not None and int(expires) <= now):

@@ -1,4 +1,4 @@
--- capture: read sessions of one bucket whole, atomically, for archival and trims.
+-- capture: read sessions of one bucket whole, atomically (archival, trims, fork).
 -- KEYS  h m x of each session
 -- Returns {seconds, microseconds, then per session: hash (flat), window, spill}.
 local t = redis.call('TIME')
