@@ -337,10 +337,17 @@ def test_async_memory_store_is_the_memory_store() -> None:
 # The memory tier is synchronous in both worlds (it never blocks): its tier
 # hooks exist once, on MemoryStore, which AsyncMemoryStore wraps as ``inner``.
 _MEMORY_HOOKS = {"peek", "put_entry", "replace_if", "invalidate", "clear", "stats"}
+# What the (sync) maintenance functions use of the Redis tier.
+_REDIS_UPKEEP = {
+    "bucket_count", "now_ms", "claim_buckets", "renew_bucket", "release_buckets",
+    "bucket_cursor", "set_bucket_cursor", "count_expired", "count_idle", "count_indexed",
+    "idle_keys", "ranked", "capture_many", "live_expiry", "window_sizes", "evict_many",
+    "trim_many", "purge_batch", "sweep",
+}
 TWINS = [
     (BaseStore, AsyncBaseStore, set()),
     (MemoryStore, AsyncMemoryStore, _MEMORY_HOOKS | {"purge_expired"}),
-    (RedisStore, AsyncRedisStore, set()),
+    (RedisStore, AsyncRedisStore, _REDIS_UPKEEP),
     (ArchiveStore, AsyncArchiveStore, set()),
     (TieredStore, AsyncTieredStore, set()),
 ]
@@ -349,6 +356,11 @@ TWINS = [
 _ALLOWED = {
     "__init__",
     "_drive",
+    "_drive_plan",
+    "_send",
+    "_eval",
+    "_cluster_calls",
+    "_used_memory",
     "_in_transaction",
     "_listen",
     "__aenter__",

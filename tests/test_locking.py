@@ -117,10 +117,17 @@ def test_local_locks_are_per_store() -> None:
 
 @pytest.mark.parametrize("harness", ["redis", "async-redis"], indirect=True)
 def test_redis_lock_key_shares_the_session_hash_tag(harness: Harness, redis_client: Any) -> None:
+    import zlib
+
+    from redis.crc import key_slot
+
     store = harness.make()
+    bucket = zlib.crc32(b"s-1") % store.keys.buckets
+    tag = f"{harness.namespace}.{bucket}"
     with store.lock("s-1", timeout=5):
-        key = f"{store.keys.prefix}:{harness.namespace}:{{s-1}}:lock"
+        key = f"{store.keys.prefix}:{harness.namespace}:{{{tag}}}:l:s-1"
         assert redis_client.exists(key)
+        assert key_slot(key.encode()) == key_slot(store.keys.meta("s-1").encode())
         assert 0 < redis_client.pttl(key) <= 5000
     assert not redis_client.exists(key)
 

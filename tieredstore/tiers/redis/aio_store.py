@@ -327,14 +327,18 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
     async def stats(self) -> dict[str, Any]:
         """See :meth:`RedisStore.stats`."""
         counts = await self._drive(self._ops.stats())
+        return {**counts, "used_memory": await self._used_memory(), "breaker": self.breaker.stats()}
+
+    async def _used_memory(self) -> int:
+        """``used_memory`` of the server, or summed over a cluster's primaries."""
         try:
             if self.cluster:
-                memory = await self.client.info("memory", target_nodes=self.client.PRIMARIES)
+                info = await self.client.info("memory", target_nodes=self.client.PRIMARIES)
             else:
-                memory = await self.client.info("memory")
+                info = await self.client.info("memory")
         except REDIS_ERRORS as exc:
             raise translate(exc) from exc
-        return {**counts, "used_memory": used_memory(memory), "breaker": self.breaker.stats()}
+        return used_memory(info)
 
     async def lock_acquire(self, sid: str, token: str, ttl_ms: int) -> bool:
         return await self._drive(self._ops.lock_acquire(sid, token, ttl_ms))

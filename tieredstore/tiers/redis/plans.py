@@ -85,16 +85,18 @@ def with_users(
     """Call ``script`` with the user indexes it needs appended to ``keys``
     (their names at ``args[names_at]``), starting from ``users``.
 
-    Returns the reply and the users declared.
+    Returns the reply and the users the script asked for (beyond ``users``).
     """
     names = {user for user in users if user}
+    asked: set[str] = set()
     for _ in range(_USER_ROUNDS):
         ordered = sorted(names)
         args[names_at] = " ".join(ordered)
         reply = yield Call(script, keys + [user_key(user) for user in ordered], args)
         wanted = demanded(reply)
         if wanted is None:
-            return reply, names
+            return reply, asked
+        asked.update(wanted)
         names.update(wanted)
     raise BackendUnavailable("redis", "the session's owner kept changing; try again")
 
@@ -155,13 +157,13 @@ class RedisOps:
         user: str | None = None,
     ) -> Plan[Any]:
         k = self.keys
-        reply, names = yield from with_users(
+        reply, asked = yield from with_users(
             script, keys, args, lambda u: k.user_of(sid, u), (self.owner_hint(sid), user), 1
         )
         if user is not None:
             self.note_owner(sid, user)
-        elif len(names) == 1:
-            self.note_owner(sid, next(iter(names)))
+        elif len(asked) == 1:  # the session's owner, which the hint missed
+            self.note_owner(sid, next(iter(asked)))
         return reply
 
     # -- writes -------------------------------------------------------------------

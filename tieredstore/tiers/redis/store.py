@@ -407,16 +407,16 @@ class RedisStore(RedisShared, BaseStore):
         Also the circuit breaker's state and counters (``breaker``).
         """
         counts = self._drive(self._ops.stats())
+        return {**counts, "used_memory": self._used_memory(), "breaker": self.breaker.stats()}
+
+    def _used_memory(self) -> int:
+        """``used_memory`` of the server, or summed over a cluster's primaries."""
         try:
-            memory = self._memory_info()
+            if self.cluster:
+                return used_memory(self.client.info("memory", target_nodes=self.client.PRIMARIES))
+            return used_memory(self.client.info("memory"))
         except REDIS_ERRORS as exc:
             raise translate(exc) from exc
-        return {**counts, "used_memory": used_memory(memory), "breaker": self.breaker.stats()}
-
-    def _memory_info(self) -> Any:
-        if self.cluster:
-            return self.client.info("memory", target_nodes=self.client.PRIMARIES)
-        return self.client.info("memory")
 
     # -- maintenance, bucket by bucket (see tieredstore.maintenance) ---------------------
 
@@ -450,19 +450,16 @@ class RedisStore(RedisShared, BaseStore):
     def set_bucket_cursor(self, bucket: int, task: str, value: int) -> None:
         self._drive(self._upkeep.set_cursor(bucket, task, value))
 
-    def _all(self, buckets: Sequence[int] | None) -> Sequence[int]:
-        return range(self.keys.buckets) if buckets is None else buckets
-
     def count_expired(self, buckets: Sequence[int] | None = None) -> int:
         """Index entries past their expiry (in ``buckets``, default all)."""
-        return self._drive(self._upkeep.count_expired(self._all(buckets)))
+        return self._drive(self._upkeep.count_expired(buckets))
 
     def count_idle(self, older_than_ms: int, buckets: Sequence[int] | None = None) -> int:
         """Sessions last active before ``older_than_ms`` (in ``buckets``, default all)."""
-        return self._drive(self._upkeep.count_idle(self._all(buckets), older_than_ms))
+        return self._drive(self._upkeep.count_idle(buckets, older_than_ms))
 
     def count_indexed(self, buckets: Sequence[int] | None = None) -> int:
-        return self._drive(self._upkeep.count_indexed(self._all(buckets)))
+        return self._drive(self._upkeep.count_indexed(buckets))
 
     def idle_keys(
         self, bucket: int, older_than_ms: int, limit: int, position: tuple[int, str] | None

@@ -62,19 +62,24 @@ class UpkeepOps:
 
     # -- counting -------------------------------------------------------------------
 
-    def count_expired(self, buckets: Sequence[int]) -> Plan[int]:
-        now = yield from self.now_ms()
-        replies = yield Commands([("ZCOUNT", self.keys.exp(b), "-inf", now) for b in buckets])
-        return sum(int(r) for r in replies)
+    def _all(self, buckets: Sequence[int] | None) -> Sequence[int]:
+        return range(self.keys.buckets) if buckets is None else buckets
 
-    def count_idle(self, buckets: Sequence[int], older_than_ms: int) -> Plan[int]:
+    def count_expired(self, buckets: Sequence[int] | None) -> Plan[int]:
+        now = yield from self.now_ms()
         replies = yield Commands(
-            [("ZCOUNT", self.keys.idx(b), "-inf", f"({older_than_ms}") for b in buckets]
+            [("ZCOUNT", self.keys.exp(b), "-inf", now) for b in self._all(buckets)]
         )
         return sum(int(r) for r in replies)
 
-    def count_indexed(self, buckets: Sequence[int]) -> Plan[int]:
-        replies = yield Commands([("ZCARD", self.keys.idx(b)) for b in buckets])
+    def count_idle(self, buckets: Sequence[int] | None, older_than_ms: int) -> Plan[int]:
+        replies = yield Commands(
+            [("ZCOUNT", self.keys.idx(b), "-inf", f"({older_than_ms}") for b in self._all(buckets)]
+        )
+        return sum(int(r) for r in replies)
+
+    def count_indexed(self, buckets: Sequence[int] | None) -> Plan[int]:
+        replies = yield Commands([("ZCARD", self.keys.idx(b)) for b in self._all(buckets)])
         return sum(int(r) for r in replies)
 
     # -- reading sessions -----------------------------------------------------------
