@@ -37,11 +37,8 @@ from tieredstore.locking import AsyncSessionLock
 from tieredstore.middleware import AsyncConversationBlock
 from tieredstore.model import FrozenDict, Message, MessageLike, Page, Session
 from tieredstore.plans import Plan, arun
-from tieredstore.tiering import (
-    Durability,
-    HistoryPage,
-    TieredShell,
-)
+from tieredstore.tiered_shell import TieredShell
+from tieredstore.tiering import Durability, HistoryPage
 from tieredstore.tiers.memory import MemoryStore
 
 if TYPE_CHECKING:

@@ -45,8 +45,7 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -73,12 +72,33 @@ from tieredstore.jsonl import (
     SessionRow,
 )
 from tieredstore.jsonl import json_object as _json_dict
-from tieredstore.schema import DEFAULT_FTS_LANGUAGE, FTS_INDEX, normalize_url
+from tieredstore.query_results import (
+    EraseReport,
+    ImportReport,
+    SearchHit,
+    SearchPage,
+    SessionPage,
+    SessionSummary,
+)
+from tieredstore.query_text import (
+    headline_word,
+    index_language,
+    make_snippet,
+    order_time,
+    parse_terms,
+    pg_tsquery,
+    pg_tsquery_sql,
+    pg_tsvector,
+    sqlite_metadata_clause,
+    sqlite_text_clauses,
+)
+from tieredstore.schema import DEFAULT_FTS_LANGUAGE, normalize_url
 from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import sessions as SESSIONS
 from tieredstore.tiers.sql_errors import misconfigured, schema_missing
 
 if TYPE_CHECKING:
+    from tieredstore.query_async import AsyncArchiveQuery
     from tieredstore.store import TieredStore
     from tieredstore.tiers.archive import ArchiveStore
 
@@ -102,102 +122,8 @@ _S = SESSIONS.c
 _M = MESSAGES.c
 _MAX_LIMIT = 1000
 _IN_CHUNK = 500  # ids per IN (...) list
-_SNIPPET_CHARS = 160
 _LANGUAGE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
-_TOKEN = re.compile(r'-?"[^"]*"?|\S+')
-_PREFIX = re.compile(r"(-?)(\w+)\*", re.UNICODE)
 _MARK = ("<mark>", "</mark>")
-
-
-# -- results ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SearchHit:
-    """One matching message: where it is, when, and a snippet with matches marked."""
-
-    session_id: str
-    seq: int
-    created_ms: int
-    role: str
-    user_id: str | None
-    snippet: str
-
-    @property
-    def created_at(self) -> datetime:
-        return _from_ms(self.created_ms)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class SearchPage:
-    """A page of hits; pass ``next_cursor`` back for the next (``None``: the last)."""
-
-    hits: list[SearchHit]
-    next_cursor: str | None = None
-
-    def __iter__(self) -> Iterator[SearchHit]:
-        return iter(self.hits)
-
-    def __len__(self) -> int:
-        return len(self.hits)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionSummary:
-    """An archived session without its messages."""
-
-    session_id: str
-    user_id: str | None
-    message_count: int
-    first_activity_ms: int
-    last_activity_ms: int
-    metadata: dict[str, Any]
-    version: int
-    expires_ms: int | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionPage:
-    sessions: list[SessionSummary]
-    next_cursor: str | None = None
-
-    def __iter__(self) -> Iterator[SessionSummary]:
-        return iter(self.sessions)
-
-    def __len__(self) -> int:
-        return len(self.sessions)
-
-
-@dataclass(slots=True)
-class ImportReport:
-    sessions: int = 0
-    messages: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {"sessions": self.sessions, "messages": self.messages}
-
-
-@dataclass(slots=True)
-class EraseReport:
-    """What :func:`erase` removed, per tier (memory counts this process's cache)."""
-
-    user_id: str
-    session_ids: list[str] = field(default_factory=list)
-    memory_sessions: int = 0
-    redis_sessions: int = 0
-    archive_sessions: int = 0
-    archive_messages: int = 0
-    redis_skipped: list[str] = field(default_factory=list)
-    """Ids Redis cannot hold (refused by today's validation): not asked there."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # -- the query API ------------------------------------------------------------------
@@ -261,12 +187,12 @@ class ArchiveQuery:
             with self.engine.connect() as conn:
                 return work(conn)
         except sa.exc.SQLAlchemyError as exc:
-            raise _translate(self.engine, exc) from exc
+            raise translate_error(self.engine, exc) from exc
 
     def language(self) -> str:
         """The text-search configuration in use (PostgreSQL): the FTS index's by default."""
         if self._language is None:
-            self._language = self._run(_index_language) if self._pg else DEFAULT_FTS_LANGUAGE
+            self._language = self._run(index_language) if self._pg else DEFAULT_FTS_LANGUAGE
         return self._language
 
     def _live(self, include_expired: bool) -> sa.ColumnElement[bool]:
@@ -282,7 +208,7 @@ class ArchiveQuery:
         if self._pg:
             wanted = sa.literal(encode_json(dict(metadata)).decode(), sa.Text())
             return [_S["metadata"].op("@>")(sa.cast(wanted, postgresql.JSONB()))]
-        return [_sqlite_metadata_clause(key, value) for key, value in metadata.items()]
+        return [sqlite_metadata_clause(key, value) for key, value in metadata.items()]
 
     # -- search -------------------------------------------------------------------
 
@@ -315,11 +241,11 @@ class ArchiveQuery:
         terms: list[list[tuple[bool, str]]] = []
         if text is not None and text.strip():
             if self._pg:
-                tsquery = _pg_tsquery(self.language(), text)
-                conds.append(_pg_tsvector(self.language()).op("@@")(tsquery))
+                tsquery = pg_tsquery(self.language(), text)
+                conds.append(pg_tsvector(self.language()).op("@@")(tsquery))
             else:
-                terms = _parse_terms(text)
-                conds.extend(_sqlite_text_clauses(terms))
+                terms = parse_terms(text)
+                conds.extend(sqlite_text_clauses(terms))
         if user_id is not None:
             conds.append(_S.user_id == user_id)
         if metadata:
@@ -342,14 +268,14 @@ class ArchiveQuery:
             .select_from(MESSAGES.join(SESSIONS, sa.and_(
                 _S.namespace == _M.namespace, _S.session_id == _M.session_id)))
             .where(*conds)
-            .order_by(_order_time(tsquery is not None).desc(), _M.session_id.desc(),
+            .order_by(order_time(tsquery is not None).desc(), _M.session_id.desc(),
                       _M.seq.desc())
             .limit(limit + 1)
         )
         if tsquery is not None:
             sub = inner.subquery()
-            options = (f"StartSel={_headline_word(highlight[0])}, "
-                       f"StopSel={_headline_word(highlight[1])}, "
+            options = (f"StartSel={headline_word(highlight[0])}, "
+                       f"StopSel={headline_word(highlight[1])}, "
                        "MaxWords=30, MinWords=10, MaxFragments=2, FragmentDelimiter=\" … \"")
             snippet = sa.func.ts_headline(
                 sa.literal_column(f"'{self.language()}'::regconfig"),
@@ -366,7 +292,7 @@ class ArchiveQuery:
             if tsquery is not None:
                 snippet_text = row.snippet
             else:
-                snippet_text = _snippet(row.content_text or "", terms, highlight)
+                snippet_text = make_snippet(row.content_text or "", terms, highlight)
             hits.append(SearchHit(row.session_id, int(row.seq), int(row.created_ms), row.role,
                                   row.user_id, snippet_text))
         next_cursor = None
@@ -398,12 +324,12 @@ class ArchiveQuery:
             f"EXPLAIN SELECT m.session_id, m.seq FROM {MESSAGES.name} m JOIN {SESSIONS.name} s "
             "ON s.namespace = m.namespace AND s.session_id = m.session_id "
             f"WHERE m.namespace = :ns AND to_tsvector('{language}'::regconfig, m.content_text) "
-            f"@@ ({_pg_tsquery_sql(language, text)[0]}) "
+            f"@@ ({pg_tsquery_sql(language, text)[0]}) "
             "AND (s.expires_ms IS NULL OR s.expires_ms > :now) "
             "ORDER BY m.created_ms + 0 DESC, m.session_id DESC, m.seq DESC LIMIT :limit"
         )
         params = {"ns": self.namespace, "now": int(self.clock() * 1000), "limit": limit + 1,
-                  **_pg_tsquery_sql(language, text)[1]}
+                  **pg_tsquery_sql(language, text)[1]}
         rows = self._run(lambda conn: conn.execute(stmt, params).scalars().all())
         return "\n".join(rows)
 
@@ -517,7 +443,7 @@ class ArchiveQuery:
                 for row in result:
                     yield from lines.feed(row)
         except sa.exc.SQLAlchemyError as exc:
-            raise _translate(self.engine, exc) from exc
+            raise translate_error(self.engine, exc) from exc
 
     def _export_statement(
         self,
@@ -623,7 +549,7 @@ class ArchiveQuery:
             with engine.begin() as conn:
                 work(conn)
         except sa.exc.SQLAlchemyError as exc:
-            raise _translate(self.engine, exc) from exc
+            raise translate_error(self.engine, exc) from exc
         return report
 
     def _insert_sessions(self, conn: sa.Connection, rows: list[SessionRow]) -> None:
@@ -656,7 +582,7 @@ class ArchiveQuery:
                 for row in rows:
                     copy.write_row(row)
         except conn.dialect.loaded_dbapi.Error as exc:  # the raw cursor: not translated by SA
-            raise _translate(self.engine, exc) from exc
+            raise translate_error(self.engine, exc) from exc
 
     # -- erasure ------------------------------------------------------------------
 
@@ -684,11 +610,10 @@ class ArchiveQuery:
             with engine.begin() as conn:
                 return work(conn)
         except sa.exc.SQLAlchemyError as exc:
-            raise _translate(self.engine, exc) from exc
+            raise translate_error(self.engine, exc) from exc
 
 
-
-class _BoundQuery(ArchiveQuery):
+class BoundQuery(ArchiveQuery):
     """An :class:`ArchiveQuery` whose work runs on one given (sync-facade) connection."""
 
     def __init__(self, base: ArchiveQuery, conn: sa.Connection) -> None:
@@ -697,105 +622,6 @@ class _BoundQuery(ArchiveQuery):
 
     def _run(self, work: Callable[[sa.Connection], T]) -> T:
         return work(self._conn)
-
-
-class AsyncArchiveQuery:
-    """The asyncio twin of :class:`ArchiveQuery` over SQLAlchemy's async engine.
-
-    Each query runs the very same code as the sync class, on the async
-    connection's synchronous facade (``AsyncConnection.run_sync``), so the
-    event loop never blocks; ``export`` streams rows with ``AsyncConnection.stream``.
-    ``source`` is an :class:`AsyncArchiveStore`, an ``AsyncEngine`` or a URL.
-    """
-
-    def __init__(
-        self,
-        source: Any,
-        *,
-        namespace: str | None = None,
-        language: str | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        from sqlalchemy.ext.asyncio import AsyncEngine
-
-        from tieredstore.tiers.archive import create_async_engine
-
-        self._owns_engine = False
-        if isinstance(source, AsyncEngine):
-            engine = source
-        elif isinstance(source, str | sa.URL):
-            engine = create_async_engine(normalize_url(source))
-            self._owns_engine = True
-        else:
-            engine = source.engine
-            namespace = source.namespace if namespace is None else namespace
-        self.engine: AsyncEngine = engine
-        self.sync = ArchiveQuery(engine.sync_engine, namespace=namespace, language=language,
-                                 clock=clock)
-        self.namespace = self.sync.namespace
-
-    async def aclose(self) -> None:
-        if self._owns_engine:
-            await self.engine.dispose()
-
-    async def __aenter__(self) -> AsyncArchiveQuery:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        def work(conn: sa.Connection) -> T:
-            return method(_BoundQuery(self.sync, conn), *args, **kwargs)
-
-        try:
-            async with self.engine.connect() as conn:
-                return await conn.run_sync(work)
-        except sa.exc.SQLAlchemyError as exc:
-            raise _translate(self.sync.engine, exc) from exc
-
-    async def search(self, text: str | None = None, **filters: Any) -> SearchPage:
-        """See :meth:`ArchiveQuery.search`."""
-        return await self._call(ArchiveQuery.search, text, **filters)
-
-    async def sessions(self, **filters: Any) -> SessionPage:
-        """See :meth:`ArchiveQuery.sessions`."""
-        return await self._call(ArchiveQuery.sessions, **filters)
-
-    async def session_ids(self, user_id: str, *, include_expired: bool = True) -> list[str]:
-        """See :meth:`ArchiveQuery.session_ids`."""
-        return await self._call(ArchiveQuery.session_ids, user_id,
-                                include_expired=include_expired)
-
-    async def stats(self) -> dict[str, int]:
-        """See :meth:`ArchiveQuery.stats`."""
-        return await self._call(ArchiveQuery.stats)
-
-    async def explain(self, text: str, **filters: Any) -> str:
-        """See :meth:`ArchiveQuery.explain`."""
-        return await self._call(ArchiveQuery.explain, text, **filters)
-
-    async def export(
-        self,
-        *,
-        user_id: str | None = None,
-        session_ids: Sequence[str] | None = None,
-        format: str = "jsonl",
-        include_expired: bool = False,
-    ) -> AsyncIterator[bytes]:
-        """See :meth:`ArchiveQuery.export`: the same lines, streamed."""
-        stmt = self.sync._export_statement(user_id, session_ids, format, include_expired)
-        lines = ExportLines()
-        try:
-            async with self.engine.connect() as conn:
-                if self.sync._pg:
-                    await conn.execution_options(isolation_level="REPEATABLE READ")
-                result = await conn.stream(stmt)
-                async for row in result:
-                    for line in lines.feed(row):
-                        yield line
-        except sa.exc.SQLAlchemyError as exc:
-            raise _translate(self.sync.engine, exc) from exc
 
 
 def erase(store: TieredStore, user_id: str, *, batch_size: int = 1000) -> EraseReport:
@@ -923,7 +749,7 @@ def _decode_cursor(cursor: str, size: int) -> list[Any]:
     return parts
 
 
-def _translate(engine: sa.Engine, exc: Exception) -> BackendUnavailable | ConfigurationError:
+def translate_error(engine: sa.Engine, exc: Exception) -> BackendUnavailable | ConfigurationError:
     """A database error (SQLAlchemy's or the driver's own) as one of ours."""
     where = engine.url.render_as_string(hide_password=True)
     orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
@@ -937,142 +763,10 @@ def _translate(engine: sa.Engine, exc: Exception) -> BackendUnavailable | Config
     return BackendUnavailable("database", detail)
 
 
-def _index_language(conn: sa.Connection) -> str:
-    definition = conn.execute(
-        sa.text("SELECT pg_get_indexdef(to_regclass(:name))"), {"name": FTS_INDEX}
-    ).scalar()
-    if definition:
-        found = re.search(r"to_tsvector\('([^']+)'::regconfig", definition)
-        if found:
-            return found.group(1)
-    return DEFAULT_FTS_LANGUAGE
+def __getattr__(name: str) -> Any:
+    # The asyncio twin lives in its own module (it imports this one).
+    if name == "AsyncArchiveQuery":
+        from tieredstore.query_async import AsyncArchiveQuery
 
-
-def _order_time(full_text: bool) -> sa.ColumnElement[int]:
-    """The time sort key; ``created_ms + 0`` with full-text search on PostgreSQL.
-
-    Sorting by an expression keeps the planner off the time index for text
-    queries: walking it newest first would compute ``to_tsvector`` for every
-    row it filters (seconds on a million rows when matches are rare). The GIN
-    index then always drives, and a query costs in proportion to its matches.
-    """
-    return _M.created_ms + 0 if full_text else _M.created_ms
-
-
-def _pg_tsvector(language: str) -> sa.ColumnElement[Any]:
-    return sa.func.to_tsvector(sa.literal_column(f"'{language}'::regconfig"), _M.content_text)
-
-
-def _split_prefix(text: str) -> tuple[str, list[str]]:
-    """``text`` without its prefix terms (``word*``), and those as tsquery operands."""
-    rest: list[str] = []
-    prefixes: list[str] = []
-    for token in _TOKEN.findall(text):
-        found = _PREFIX.fullmatch(token)
-        if found:
-            prefixes.append(f"{'!' if found.group(1) else ''}{found.group(2)}:*")
-        else:
-            rest.append(token)
-    return " ".join(rest), prefixes
-
-
-def _pg_tsquery(language: str, text: str) -> sa.ColumnElement[Any]:
-    config: sa.ColumnElement[Any] = sa.literal_column(f"'{language}'::regconfig")
-    rest, prefixes = _split_prefix(text)
-    parts: list[sa.ColumnElement[Any]] = []
-    if rest.strip():
-        parts.append(sa.func.websearch_to_tsquery(config, rest))
-    if prefixes:
-        parts.append(sa.func.to_tsquery(config, " & ".join(prefixes)))
-    query = parts[0]
-    for part in parts[1:]:
-        query = query.op("&&")(part)
-    return query
-
-
-def _pg_tsquery_sql(language: str, text: str) -> tuple[str, dict[str, str]]:
-    rest, prefixes = _split_prefix(text)
-    parts: list[str] = []
-    params: dict[str, str] = {}
-    if rest.strip():
-        parts.append(f"websearch_to_tsquery('{language}'::regconfig, :q_rest)")
-        params["q_rest"] = rest
-    if prefixes:
-        parts.append(f"to_tsquery('{language}'::regconfig, :q_prefix)")
-        params["q_prefix"] = " & ".join(prefixes)
-    return " && ".join(parts), params
-
-
-def _headline_word(marker: str) -> str:
-    if not marker or any(c in marker for c in ',"= '):
-        raise InvalidInput(f"unusable highlight marker {marker!r}")
-    return marker
-
-
-def _parse_terms(text: str) -> list[list[tuple[bool, str]]]:
-    """A conjunction of disjunctions of ``(negated, lowercase substring)`` (SQLite search)."""
-    groups: list[list[tuple[bool, str]]] = []
-    join_next = False
-    for token in _TOKEN.findall(text):
-        if token == "OR":
-            join_next = bool(groups)
-            continue
-        negated = token.startswith("-") and len(token) > 1
-        body = token[1:] if negated else token
-        body = body.strip('"') if body.startswith('"') else body.rstrip("*")
-        body = body.strip().lower()
-        if not body:
-            continue
-        if join_next and not negated and not any(neg for neg, _ in groups[-1]):
-            groups[-1].append((False, body))
-        else:
-            groups.append([(negated, body)])
-        join_next = False
-    return groups
-
-
-def _sqlite_text_clauses(groups: list[list[tuple[bool, str]]]) -> list[sa.ColumnElement[bool]]:
-    lowered = sa.func.lower(sa.func.coalesce(_M.content_text, ""))
-    clauses: list[sa.ColumnElement[bool]] = []
-    for group in groups:
-        tests = []
-        for negated, term in group:
-            found = sa.func.instr(lowered, term) > 0
-            tests.append(sa.not_(found) if negated else found)
-        clauses.append(sa.or_(*tests))
-    return clauses
-
-
-def _sqlite_metadata_clause(key: str, value: Any) -> sa.ColumnElement[bool]:
-    if not isinstance(key, str) or '"' in key or "\\" in key:
-        raise InvalidInput(f"unsupported metadata key for SQLite: {key!r}")
-    path = f'$."{key}"'
-    column = _S["metadata"]
-    kind = sa.func.json_type(column, path)
-    extracted = sa.func.json_extract(column, path)
-    if value is None:
-        return kind == "null"
-    if isinstance(value, bool):
-        return kind == ("true" if value else "false")
-    if isinstance(value, int | float):
-        return sa.and_(kind.in_(("integer", "real")), extracted == value)
-    if isinstance(value, str):
-        return sa.and_(kind == "text", extracted == value)
-    return sa.and_(kind.in_(("object", "array")),
-                   extracted == sa.func.json(encode_json(value).decode()))
-
-
-def _snippet(text: str, groups: list[list[tuple[bool, str]]], marks: tuple[str, str]) -> str:
-    """The first ``_SNIPPET_CHARS`` around the first match, matches marked (SQLite, no text)."""
-    terms = sorted({term for group in groups for negated, term in group if not negated},
-                   key=len, reverse=True)
-    lowered = text.lower()
-    first = min((i for i in (lowered.find(t) for t in terms) if i >= 0), default=0)
-    start = max(0, first - _SNIPPET_CHARS // 3)
-    window = text[start:start + _SNIPPET_CHARS]
-    if terms:
-        pattern = re.compile("|".join(re.escape(t) for t in terms), re.IGNORECASE)
-        window = pattern.sub(lambda m: f"{marks[0]}{m.group(0)}{marks[1]}", window)
-    prefix = "…" if start else ""
-    suffix = "…" if start + _SNIPPET_CHARS < len(text) else ""
-    return f"{prefix}{window}{suffix}"
+        return AsyncArchiveQuery
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

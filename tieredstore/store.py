@@ -28,12 +28,8 @@ from tieredstore.coherence import InvalidationListener
 from tieredstore.core import Batch, Order, check_before, check_last, check_limit
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.plans import Plan, run
-from tieredstore.tiering import (
-    Durability,
-    HistoryPage,
-    TieredShell,
-    default_data_dir,
-)
+from tieredstore.tiered_shell import TieredShell, default_data_dir
+from tieredstore.tiering import Durability, HistoryPage
 from tieredstore.tiers.memory import MemoryStore
 
 if TYPE_CHECKING:
