@@ -1,7 +1,9 @@
 """The Celery application, configured from ``TIEREDSTORE_*`` environment variables.
 
 The broker defaults to the store's Redis (``TIEREDSTORE_REDIS_URL``); any
-Celery broker URL works (``amqp://`` for RabbitMQ). Tasks acknowledge late
+Celery broker URL works (``amqp://`` for RabbitMQ). Celery's Redis transport
+cannot use a Redis Cluster: with a ``redis+cluster://`` store URL, set
+``TIEREDSTORE_BROKER_URL`` to another broker. Tasks acknowledge late
 and are requeued when their worker dies, so a killed run is retried; they
 are idempotent, so a retry is harmless.
 """
@@ -13,6 +15,7 @@ from collections.abc import Mapping
 
 from celery import Celery
 
+from tieredstore.errors import ConfigurationError
 from tieredstore.maintenance import MaintenanceSettings
 from worker.schedule import beat_schedule
 
@@ -22,8 +25,16 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
 def broker_url(env: Mapping[str, str]) -> str:
-    return (env.get("TIEREDSTORE_BROKER_URL") or env.get("TIEREDSTORE_REDIS_URL")
-            or DEFAULT_REDIS_URL)
+    """The broker: ``TIEREDSTORE_BROKER_URL``, else the store's (standalone) Redis."""
+    explicit = env.get("TIEREDSTORE_BROKER_URL")
+    if explicit:
+        return explicit
+    store = env.get("TIEREDSTORE_REDIS_URL") or DEFAULT_REDIS_URL
+    if "+cluster://" in store.split("?", 1)[0]:
+        raise ConfigurationError(
+            "celery", "a Redis Cluster cannot be Celery's broker: set TIEREDSTORE_BROKER_URL "
+            "(for example amqp://... or a standalone redis://...)")
+    return store
 
 
 def queue_name(env: Mapping[str, str]) -> str:
