@@ -341,9 +341,8 @@ class RedisOps:
         replies = yield Commands(
             [("ZRANGE", k.obx(b), 0, limit - 1, "WITHSCORES") for b in range(k.buckets)]
         )
-        waiting = [
-            (float(reply[i + 1]), reply[i]) for reply in replies for i in range(0, len(reply), 2)
-        ]
+        # redis-py answers ZRANGE ... WITHSCORES as (member, score) pairs
+        waiting = [(float(score), sid) for reply in replies for sid, score in reply]
         return [sid.decode() for _, sid in heapq.nsmallest(limit, waiting)]
 
     def evict(self, sid: str, created_ms: int, version: int) -> Plan[bool]:
