@@ -40,7 +40,7 @@ from tieredstore.core import MAX_TTL_MS, check_session_id, check_user_id, prepar
 from tieredstore.errors import InvalidInput, InvalidRecord, PayloadTooLarge, RecordTooLarge
 from tieredstore.model import Message
 from tieredstore.policy import KIND_SYSTEM, message_kind
-from tieredstore.tiers.archive import _content_text, _no_nul
+from tieredstore.tiers.archive.rows import _content_text, _no_nul
 
 __all__ = [
     "MESSAGE_COLUMNS",
