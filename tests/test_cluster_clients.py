@@ -1,4 +1,4 @@
-"""Cluster URLs and clients: ``redis+cluster://`` builds a cluster client everywhere it is taken."""
+"""Cluster URLs and clients: stores, the tiered store and the worker on a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -77,3 +77,32 @@ def test_a_cluster_cannot_be_the_celery_broker() -> None:
         broker_url({"TIEREDSTORE_REDIS_URL": "redis+cluster://127.0.0.1:7000"})
     assert broker_url({"TIEREDSTORE_REDIS_URL": "redis+cluster://127.0.0.1:7000",
                        "TIEREDSTORE_BROKER_URL": "amqp://guest@127.0.0.1//"}).startswith("amqp")
+
+
+def test_the_worker_coordinates_through_a_cluster(
+    cluster_client: Any, redis_prefix: str, pg_engine: Any
+) -> None:
+    """Slots, N-wide locks and the run log of the Celery worker work on a cluster store."""
+    from tieredstore.maintenance import MaintenanceSettings
+    from worker.tasks import Maintenance
+
+    ns = f"wk-{uuid.uuid4().hex[:8]}"
+    store = TieredStore.from_clients(redis=cluster_client, engine=pg_engine, namespace=ns,
+                                     prefix=redis_prefix, memory_max_bytes=None)
+    try:
+        assert store.redis is not None
+        settings = MaintenanceSettings(parallel=2)
+        ctx = Maintenance(store, settings, cluster_client, store.redis.keys.root + "maint:")
+        claimed, slot = ctx.claim_slot("expire", 3600)
+        assert claimed and ctx.claim_slot("expire", 3600) == (False, slot)
+        first, second = ctx.acquire("expire"), ctx.acquire("expire")
+        assert first is not None and second is not None and first[1] != second[1]
+        assert ctx.acquire("expire") is None  # two wide, both held
+        assert ctx.extend("expire", *first)
+        ctx.release("expire", *first)
+        again = ctx.acquire("expire")
+        assert again is not None and again[1] == first[1]
+        ctx.record({"task": "expire", "slot": slot})
+        assert cluster_client.llen(ctx.root + "runs") == 1
+    finally:
+        store.close()
