@@ -450,3 +450,26 @@ def test_settings_from_environment() -> None:
     with pytest.raises(InvalidInput):
         MaintenanceSettings.from_env({"TIEREDSTORE_LOCK_TTL": "10",
                                       "TIEREDSTORE_TIME_BUDGET": "60"})
+
+
+def test_expire_reports_remaining_until_its_sweep_finished_a_lap(make_store: Factory) -> None:
+    """A bounded call sweeps part of the index and says so; calls repeated while
+    ``remaining`` holds visit every entry of every bucket (here: repair each ghost)."""
+    store = make_store(buckets=4)
+    for i in range(120):
+        store.save(f"e{i}", [msg(f"e{i}", 0)], ttl=3600)
+    keys, client = store.redis.keys, store.redis.client
+    ghosts = [f"ghost{i}" for i in range(12)]
+    for ghost in ghosts:
+        client.zadd(index(store, ghost), {ghost: 1})
+    calls, result = 0, expire(store, batch_size=10, max_batches=2)
+    calls += 1
+    assert result.remaining, "one small call cannot sweep 132 entries"
+    while result.remaining:
+        result = expire(store, batch_size=10, max_batches=2)
+        calls += 1
+        assert calls < 100, "the sweep never finished its lap"
+    assert all(client.zscore(index(store, g), g) is None for g in ghosts)
+    assert store.redis.count_indexed() == 120
+    assert all(store.load(f"e{i}") == [msg(f"e{i}", 0)] for i in range(0, 120, 17))
+    assert keys.buckets == 4
