@@ -340,7 +340,7 @@ _MEMORY_HOOKS = {"peek", "put_entry", "replace_if", "invalidate", "clear", "stat
 # What the (sync) maintenance functions use of the Redis tier.
 _REDIS_UPKEEP = {
     "bucket_count", "now_ms", "claim_buckets", "renew_bucket", "release_buckets",
-    "bucket_cursor", "set_bucket_cursor", "count_expired", "count_idle", "count_indexed",
+    "lap_state", "set_place", "finish_lap", "count_expired", "count_idle", "count_indexed",
     "idle_keys", "ranked", "capture_many", "live_expiry", "window_sizes", "evict_many",
     "trim_many", "purge_batch", "sweep",
 }

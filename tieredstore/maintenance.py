@@ -260,6 +260,41 @@ class _Buckets:
                                                        self.ttl_ms)
 
 
+class _Lap:
+    """A task's walk over every bucket's index, resumable across calls.
+
+    Each bucket records its place in the current lap (``T(b)cur:<task>``);
+    a call goes on where the bucket stopped and skips buckets that already
+    finished the lap, so calls repeated while ``remaining`` holds finish the
+    lap whatever their budget. Once every bucket is through, the lap ends and
+    the next call starts the next one.
+    """
+
+    def __init__(self, redis: RedisStore, task: str, dry_run: bool) -> None:
+        self.redis = redis
+        self.task = task
+        self.dry_run = dry_run
+        self.number, self.places = redis.lap_state(task)
+
+    def start(self, bucket: int) -> int | None:
+        """Where to go on in ``bucket`` (``None``: it finished this lap)."""
+        return self.places.get(bucket, 0)
+
+    def save(self, bucket: int, place: int | None) -> None:
+        self.places[bucket] = place
+        if not self.dry_run:
+            self.redis.set_place(bucket, self.task, self.number, place)
+
+    def close(self) -> bool:
+        """End the lap if every bucket is through it (by any worker); whether it was."""
+        number, places = self.redis.lap_state(self.task)
+        done = number == self.number and all(
+            places.get(b, 0) is None for b in range(self.redis.bucket_count))
+        if done and not self.dry_run:
+            self.redis.finish_lap(self.task, number)
+        return done or number > self.number
+
+
 def _hot(store: TieredStore) -> RedisStore:
     redis = store.redis
     if redis is None:
@@ -302,6 +337,7 @@ def expire(
         return _expire_dry(store, hot, run)
     if hot is not None:
         buckets = _Buckets(hot, "expire", lease_ttl, dry_run)
+        lap = _Lap(hot, "sweep", dry_run)
         sweep_budget = [batch_size * (max_batches or 10)]
 
         def expire_bucket(bucket: int) -> bool:
@@ -315,9 +351,11 @@ def expire(
                     run.batch_done(purged)
                 if purged < batch_size:
                     break
-            return _sweep(hot, run, bucket, buckets, sweep_budget)
+            return _sweep(hot, run, bucket, buckets, lap, sweep_budget)
 
         buckets.each(expire_bucket)
+        if not lap.close():
+            run.remaining = True
     if store.archive is not None and run.more():
         live = hot.live_expiry if hot is not None else None
         while run.more():
@@ -334,13 +372,13 @@ def expire(
     return run.result()
 
 
-def _sweep(hot: RedisStore, run: _Run, bucket: int, buckets: _Buckets,
+def _sweep(hot: RedisStore, run: _Run, bucket: int, buckets: _Buckets, lap: _Lap,
            budget: list[int]) -> bool:
-    """Walk ``bucket``'s index from its stored cursor, taking index entries
-    from the call's shared ``budget``; ``False`` when it ran out before the
-    lap's end (the call then reports ``remaining``)."""
-    start = hot.bucket_cursor(bucket, "sweep")
-    finished = False
+    """Go on with ``bucket``'s part of the sweep lap, taking index entries
+    from the call's shared ``budget``; ``False`` when it ran out first."""
+    start = lap.start(bucket)
+    if start is None:
+        return True
     while budget[0] > 0 and buckets.renew(bucket):
         count = min(run.batch_size, budget[0])
         scanned, gone, fixed, dead = hot.sweep(bucket, start, count, run.dry_run)
@@ -350,21 +388,19 @@ def _sweep(hot: RedisStore, run: _Run, bucket: int, buckets: _Buckets,
         run.scanned += scanned
         start += scanned if run.dry_run else scanned - gone - dead
         if scanned < count:
-            start, finished = 0, True
-            break
-    if not finished:
-        run.remaining = True
-    if not run.dry_run:
-        hot.set_bucket_cursor(bucket, "sweep", start)
-    return finished
+            lap.save(bucket, None)
+            return True
+    lap.save(bucket, start)
+    return False
 
 
 def _expire_dry(store: TieredStore, hot: RedisStore | None, run: _Run) -> MaintenanceResult:
     if hot is not None:
         run.changed += hot.count_expired()
+        _, places = hot.lap_state("sweep")
         for bucket in range(hot.bucket_count):
-            scanned, gone, fixed, dead = hot.sweep(
-                bucket, hot.bucket_cursor(bucket, "sweep"), run.batch_size, True)
+            place = places.get(bucket, 0)
+            scanned, gone, fixed, dead = hot.sweep(bucket, place or 0, run.batch_size, True)
             run.repaired += gone + fixed
             run.changed += dead
             run.scanned += scanned
@@ -507,32 +543,34 @@ def trim(
         if run.progress is not None:
             run.total = hot.count_indexed()
         buckets = _Buckets(hot, "trim", lease_ttl, dry_run)
+        lap = _Lap(hot, "trim", dry_run)
         buckets.each(lambda bucket: _trim_bucket(
-            store, hot, run, buckets, bucket, max_messages, max_bytes, keep))
+            store, hot, run, buckets, lap, bucket, max_messages, max_bytes, keep))
+        if not lap.close():
+            run.remaining = True
     if store.archive is not None and not keep and (max_messages or max_bytes):
         _trim_archive(store, run, max_messages, max_bytes)
     return run.result()
 
 
 def _trim_bucket(store: TieredStore, hot: RedisStore, run: _Run, buckets: _Buckets,
-                 bucket: int, max_messages: int | None, max_bytes: int | None,
+                 lap: _Lap, bucket: int, max_messages: int | None, max_bytes: int | None,
                  keep: bool) -> bool:
-    start = hot.bucket_cursor(bucket, "trim")
-    finished = False
+    start = lap.start(bucket)
+    if start is None:
+        return True
     while run.more() and buckets.renew(bucket):
         sids = hot.ranked(bucket, start, run.batch_size)
-        start = 0 if len(sids) < run.batch_size else start + len(sids)
         if sids:
             _trim_batch(hot, run, store.archive, sids, max_messages, max_bytes, keep)
         run.batch_done(len(sids))
-        if start == 0:
-            finished = True
-            break
-    if not finished:
-        run.remaining = True
-    if not run.dry_run:
-        hot.set_bucket_cursor(bucket, "trim", start)
-    return finished
+        if len(sids) < run.batch_size:
+            lap.save(bucket, None)
+            return True
+        start += len(sids)
+    run.remaining = True
+    lap.save(bucket, start)
+    return False
 
 
 def _trim_batch(hot: RedisStore, run: _Run, archive: Any, sids: list[str],

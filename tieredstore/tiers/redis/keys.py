@@ -18,10 +18,12 @@ per namespace: :attr:`RedisKeys.buckets`, recorded at ``P:buckets``)::
     T(b)obx          ZSET   sid -> ms: sessions with outbox records
     T(b)u:<user>     ZSET   sid -> updated ms, the user's sessions in the bucket
     T(b)lease:<task> STRING the maintenance worker holding the bucket for a task
-    T(b)cur:<task>   STRING a maintenance task's cursor in the bucket
+    T(b)cur:<task>   STRING a maintenance task's place in the bucket: ``<lap> <rank>``,
+                            or ``<lap> done`` once the bucket finished that lap
     T(b)inval        sharded pub/sub channel of the bucket (on a cluster)
     P:inval          pub/sub channel of invalidations (standalone Redis)
     P:buckets        STRING B
+    P:lap:<task>     STRING the lap a bucket-walking maintenance task is on
 
 Every key of a session and of its bucket's indexes shares the bucket's
 hash tag, so each script runs in one slot, on standalone Redis and on a
@@ -152,6 +154,9 @@ class RedisKeys:
 
     def cursor(self, bucket: int, task: str) -> str:
         return f"{self.tags[bucket]}cur:{task}"
+
+    def lap(self, task: str) -> str:
+        return f"{self.root}lap:{task}"
 
     def bucket_channel(self, bucket: int) -> str:
         return self.tags[bucket] + "inval"

@@ -444,11 +444,18 @@ class RedisStore(RedisShared, BaseStore):
         """Give up the leases ``holder`` still has on ``buckets``."""
         self._drive(self._upkeep.release(buckets, task, holder))
 
-    def bucket_cursor(self, bucket: int, task: str) -> int:
-        return self._drive(self._upkeep.cursor(bucket, task))
+    def lap_state(self, task: str) -> tuple[int, dict[int, int | None]]:
+        """The lap a bucket-walking ``task`` is on and each bucket's place in it
+        (the rank to go on from; ``None``: the bucket finished this lap)."""
+        return self._drive(self._upkeep.lap_state(task))
 
-    def set_bucket_cursor(self, bucket: int, task: str, value: int) -> None:
-        self._drive(self._upkeep.set_cursor(bucket, task, value))
+    def set_place(self, bucket: int, task: str, lap: int, place: int | None) -> None:
+        """Record ``bucket``'s place in ``lap`` (``None``: finished it)."""
+        self._drive(self._upkeep.set_place(bucket, task, lap, place))
+
+    def finish_lap(self, task: str, lap: int) -> int:
+        """End ``lap`` of ``task`` once every bucket finished it; the lap now."""
+        return self._drive(self._upkeep.finish_lap(task, lap))
 
     def count_expired(self, buckets: Sequence[int] | None = None) -> int:
         """Index entries past their expiry (in ``buckets``, default all)."""

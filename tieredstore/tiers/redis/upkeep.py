@@ -53,12 +53,30 @@ class UpkeepOps:
                 [Call("lock_release", [self.keys.lease(b, task)], [holder]) for b in buckets]
             )
 
-    def cursor(self, bucket: int, task: str) -> Plan[int]:
-        replies = yield Commands([("GET", self.keys.cursor(bucket, task))])
-        return int(replies[0]) if replies[0] else 0
+    def lap_state(self, task: str) -> Plan[tuple[int, dict[int, int | None]]]:
+        """The lap ``task`` is on, and where each bucket stands in it: the rank to
+        go on from, or ``None`` when the bucket finished this lap (buckets not yet
+        started in this lap are left out)."""
+        k = self.keys
+        replies = yield Commands(
+            [("GET", k.lap(task)), *(("GET", k.cursor(b, task)) for b in range(k.buckets))]
+        )
+        lap = int(replies[0] or 1)
+        places: dict[int, int | None] = {}
+        for bucket, raw in enumerate(replies[1:]):
+            if raw:
+                at_lap, _, place = raw.decode().partition(" ")
+                if int(at_lap) == lap:
+                    places[bucket] = None if place == "done" else int(place)
+        return lap, places
 
-    def set_cursor(self, bucket: int, task: str, value: int) -> Plan[None]:
+    def set_place(self, bucket: int, task: str, lap: int, place: int | None) -> Plan[None]:
+        value = f"{lap} {'done' if place is None else place}"
         yield Commands([("SET", self.keys.cursor(bucket, task), value)])
+
+    def finish_lap(self, task: str, lap: int) -> Plan[int]:
+        reply = yield Call("lap", [self.keys.lap(task)], [lap])
+        return int(reply)
 
     # -- counting -------------------------------------------------------------------
 
