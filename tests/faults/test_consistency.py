@@ -463,3 +463,34 @@ def test_late_copy_of_a_replaced_generation_is_refused(pg_engine: Any, namespace
     archive.save("g", [msg(2)])
     assert archive.absorb_many([ArchiveCopy.of(old)]) == [False]
     assert archive.load("g") == [msg(2)]
+
+
+@pytest.mark.parametrize("same_content", [False, True], ids=["other-content", "same-content"])
+def test_write_through_keeps_a_write_redis_lost_and_the_one_reusing_its_seq(
+    make_tiered: Any, pg_engine: Any, namespace: str, same_content: bool
+) -> None:
+    """Redis goes back to a state before an acknowledged write (a replica that never
+    got it took over); the next write is numbered over it. The archive notices the
+    seq used twice, the session is reconciled, and both writes stay, in order."""
+    store = make_tiered(durability="write_through", memory_max_bytes=None)
+    other = make_tiered(durability="write_through", memory_max_bytes=None)
+    direct = ArchiveStore(pg_engine, namespace=namespace)
+    store.save("s", [msg(0)])
+    assert store.redis is not None
+    before = store.redis.snapshot("s")
+    assert before is not None
+    store.append("s", msg(1))  # acknowledged: in Redis and the archive
+    lost_version = store.get("s").version
+    client = store.redis.client
+    client.delete(*store.redis.keys_of("s"))  # Redis forgets it ...
+    assert store.redis.restore(before)  # ... and holds the older state again
+    second = msg(1) if same_content else msg(2)
+    version = other.append("s", second)  # numbered at the lost write's seq
+    assert version > lost_version
+    expected = [msg(0), msg(1), second]
+    assert direct.load("s") == expected
+    assert store.load("s", full=True) == expected
+    assert other.load("s") == expected
+    assert store.get("s").version >= version
+    store.append("s", msg(3))
+    assert direct.load("s") == [*expected, msg(3)]

@@ -22,6 +22,7 @@ from tieredstore.tiers.archive.statements import (
     _DELETE_MESSAGES_BEFORE,
     _LEAD,
     _LOCK_ROWS,
+    _MESSAGES_AT,
     _PG_COPY_MESSAGES,
     _PG_COPY_TYPES,
     _PG_CREATE_SESSIONS,
@@ -49,9 +50,23 @@ class ArchiveCopies(ArchiveBase):
         """The plan of :meth:`ArchiveStore.mirror`."""
         sid = self._sid(session_id)
         seqs = [receipt.first_seq + i for i in range(len(batch))]
-        return (
-            yield from self._plan_apply(
+
+        def work(conn: sa.Connection) -> bool | None:
+            row = self._lock_row(conn, sid)
+            if (
+                row is not None
+                and row.created_ms == receipt.created_ms
+                and not row.detached
+                and seqs
+                and seqs[0] < row.next_seq
+                and self._overwrites(conn, sid, batch, seqs, receipt.updated_ms)
+            ):
+                conn.execute(_UPDATE_ROW, self._params(sid, detached=True))
+                return None
+            return self._apply_locked(
+                conn,
                 sid,
+                row,
                 batch,
                 seqs,
                 created_ms=receipt.created_ms,
@@ -64,7 +79,14 @@ class ArchiveCopies(ArchiveBase):
                 metadata=metadata,
                 user_id=user_id,
             )
-        )
+
+        applied = yield from self._transaction(work, "writer")
+        if applied is None:
+            # Redis numbered this write over messages the archive holds: it lost
+            # acknowledged writes (a failover to a replica that never got them).
+            # The session is now detached; reconciliation keeps both histories.
+            raise SessionFenced(sid)
+        return applied
 
     def _plan_mirror_metadata(
         self, session_id: str, metadata: FrozenDict, receipt: WriteReceipt
@@ -352,3 +374,21 @@ class ArchiveCopies(ArchiveBase):
             values["lead"] = conn.execute(_LEAD, self._params(sid)).scalar_one()
         conn.execute(_UPDATE_ROW, self._params(sid, **values))
         return True
+
+    def _overwrites(
+        self, conn: sa.Connection, sid: str, batch: Batch, seqs: Sequence[int], stamp: int
+    ) -> bool:
+        """Whether one of these seqs already holds another write's message: other
+        content, or the same content stored earlier than this write was made
+        (a copy of this very write made later, e.g. from a snapshot, carries
+        a later time). Then the seq was used twice."""
+        stored = {
+            r.seq: (bytes(r.payload), r.created_ms)
+            for r in conn.execute(_MESSAGES_AT, self._params(sid, seqs=list(seqs)))
+        }
+        for seq, payload in zip(seqs, batch.payloads, strict=True):
+            if seq in stored:
+                held, at = stored[seq]
+                if held != payload or at < stamp:
+                    return True
+        return False
