@@ -16,15 +16,18 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import redis
 import redis.cluster
+import sqlalchemy as sa
 
 from tieredstore import Message, RedisStore
 from tieredstore.core import Batch, prepare_batch
+from tieredstore.migration import migrate
 from tieredstore.model import FrozenDict
 from tieredstore.tiers.redis import SCRIPTS, Call, Calls
 
@@ -230,3 +233,51 @@ def private_redis(*config: str) -> Iterator[str]:
             proc.kill()
             proc.wait(10)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- a scratch PostgreSQL database ----------------------------------------------------
+
+
+@contextmanager
+def scratch_database(admin_url: str) -> Iterator[str]:
+    """A database of our own (created through ``admin_url``'s server, migrated,
+    dropped on exit); its SQLAlchemy URL."""
+    name = f"tieredstore_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class Laps:
+    """Which buckets a maintenance task has walked to the end of their index,
+    seen by wrapping one method of a :class:`RedisStore` (on that instance):
+    ``sweep`` (expire) or ``ranked`` (trim). The namespace must be fresh (every
+    bucket's cursor at 0), so the first end reached is a whole lap."""
+
+    def __init__(self, store: RedisStore, method: str) -> None:
+        self.finished: set[int] = set()
+        self.calls = 0
+        original: Callable[..., Any] = getattr(store, method)
+
+        def wrapped(bucket: int, start: int, count: int, *rest: Any) -> Any:
+            out = original(bucket, start, count, *rest)
+            self.calls += 1
+            got = out[0] if method == "sweep" else len(out)
+            if got < count:
+                self.finished.add(bucket)
+            return out
+
+        setattr(store, method, wrapped)
+        self.buckets = store.bucket_count
+
+    @property
+    def lapped(self) -> bool:
+        return len(self.finished) == self.buckets
