@@ -11,8 +11,10 @@
     process holding the session in its memory tier waits for the invalidation;
     p50/p99 of ack-to-invalidation time.
 
-Results go to ``benchmarks/results/tiered.json``; exit status non-zero when
-an acceptance check fails. ``--quick`` runs fewer rounds.
+Everything lives under a unique key prefix, removed at the end (deletes leave
+tombstones, and every namespace records its bucket count). Results go to
+``benchmarks/results/tiered.json``; exit status non-zero when an acceptance
+check fails. ``--quick`` runs fewer rounds.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import redis
 
+from benchmarks.common import delete_prefix
 from tieredstore.store import TieredStore
 
 RESULTS = Path(__file__).parent / "results" / "tiered.json"
@@ -152,8 +155,13 @@ def main() -> int:
     args = parser.parse_args()
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     rounds = 2000 if args.quick else 20000
-    reads = bench_read_tiers(rounds, prefix)
-    invalidation = bench_invalidation(200 if args.quick else 1000, prefix)
+    try:
+        reads = bench_read_tiers(rounds, prefix)
+        invalidation = bench_invalidation(200 if args.quick else 1000, prefix)
+    finally:
+        admin = redis.Redis.from_url(REDIS_URL)
+        removed = delete_prefix(admin, prefix)
+        admin.close()
     print(f"{'load of 50 messages':<28}{'p50 µs':>10}{'p99 µs':>10}")
     for name in ("memory", "memory_first_call_after_io", "redis", "raw_lrange"):
         print(f"{name:<28}{reads[name]['p50_us']:>10.1f}{reads[name]['p99_us']:>10.1f}")
@@ -166,6 +174,7 @@ def main() -> int:
         f"invalidation delay over {invalidation['rounds']} rounds: "
         f"p50 {invalidation['p50_us']:.0f} µs, p99 {invalidation['p99_us']:.0f} µs"
     )
+    print(f"removed {removed} keys under {prefix}:*")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"reads": reads, "invalidation": invalidation}, indent=2))
     return 0 if speedup >= 50 else 1
