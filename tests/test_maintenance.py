@@ -473,3 +473,37 @@ def test_expire_reports_remaining_until_its_sweep_finished_a_lap(make_store: Fac
     assert store.redis.count_indexed() == 120
     assert all(store.load(f"e{i}") == [msg(f"e{i}", 0)] for i in range(0, 120, 17))
     assert keys.buckets == 4
+
+
+def test_maintenance_scripts_take_at_most_a_chunk_of_sessions_each(make_store: Factory) -> None:
+    """However large the batch, no single script handles more than SCRIPT_CHUNK sessions
+    (so none holds Redis for long); the batch as a whole still does all of its work."""
+    from tieredstore.tiers.redis.records import Call, Calls
+    from tieredstore.tiers.redis.upkeep import SCRIPT_CHUNK
+
+    store = make_store(buckets=1)
+    sids = [f"c{i:03d}" for i in range(2 * SCRIPT_CHUNK + 50)]
+    for sid in sids:
+        store.save(sid, [msg(sid, 0)], ttl=3600)
+    hot, upkeep = store.redis, store.redis._upkeep
+    seen: list[int] = []
+
+    def drive(plan: Any) -> Any:
+        try:
+            call = next(plan)
+            while True:
+                for each in (call.calls if isinstance(call, Calls) else [call]):
+                    if isinstance(each, Call) and each.script in ("capture", "evict"):
+                        per = 3 if each.script == "capture" else 4
+                        seen.append((len(each.keys) - (0 if per == 3 else 3)) // per)
+                call = plan.send(hot._send(call))
+        except StopIteration as stop:
+            return stop.value
+
+    captured = drive(upkeep.capture_many(sids))
+    assert [cap.sid for cap in captured] == sids
+    archived = store.archive.absorb_many([cap.copy() for cap in captured])
+    assert all(archived)
+    assert drive(upkeep.evict_many(0, captured)) == [True] * len(sids)
+    assert seen and max(seen) <= SCRIPT_CHUNK and sum(seen) == 2 * len(sids)
+    assert hot.count_indexed() == 0

@@ -8,13 +8,25 @@ hold different buckets (:meth:`UpkeepOps.claim`) never meet.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 from tieredstore.core import check_limit
 from tieredstore.tiers.redis.keys import RedisKeys
 from tieredstore.tiers.redis.plans import Plan, RedisOps, with_users
 from tieredstore.tiers.redis.records import Call, Calls, Captured, Commands, split_entries
 
-__all__ = ["UpkeepOps"]
+__all__ = ["SCRIPT_CHUNK", "UpkeepOps"]
+
+T = TypeVar("T")
+
+SCRIPT_CHUNK = 100
+"""Sessions one maintenance script handles at most: a batch is split into
+scripts this big (pipelined where they are independent), so no script holds
+Redis for long whatever the batch size."""
+
+
+def _chunks(items: Sequence[T]) -> list[Sequence[T]]:
+    return [items[i : i + SCRIPT_CHUNK] for i in range(0, len(items), SCRIPT_CHUNK)]
 
 
 def _now(reply: Sequence[bytes]) -> int:
@@ -123,21 +135,25 @@ class UpkeepOps:
         if not sids:
             return []
         k = self.keys
-        keys: list[str] = []
-        for sid in sids:
-            m, h, x = k.session(sid)
-            keys += [h, m, x]
-        reply = yield Call("capture", keys, [])
-        now = _now(reply[:2])
+        calls = []
+        for chunk in _chunks(sids):
+            keys: list[str] = []
+            for sid in chunk:
+                m, h, x = k.session(sid)
+                keys += [h, m, x]
+            calls.append(Call("capture", keys, []))
+        replies = yield Calls(calls)
         out: list[Captured | None] = []
-        for i, sid in enumerate(sids):
-            flat, window, spill = reply[2 + 3 * i : 5 + 3 * i]
-            fields = {flat[j]: flat[j + 1] for j in range(0, len(flat) - 1, 2)}
-            expires = fields.get(b"expires")
-            if b"version" not in fields or (expires is not None and int(expires) <= now):
-                out.append(None)
-                continue
-            out.append(Captured(sid, fields, split_entries(window), split_entries(spill)))
+        for chunk, reply in zip(_chunks(sids), replies, strict=True):
+            now = _now(reply[:2])
+            for i, sid in enumerate(chunk):
+                flat, window, spill = reply[2 + 3 * i : 5 + 3 * i]
+                fields = {flat[j]: flat[j + 1] for j in range(0, len(flat) - 1, 2)}
+                expires = fields.get(b"expires")
+                if b"version" not in fields or (expires is not None and int(expires) <= now):
+                    out.append(None)
+                    continue
+                out.append(Captured(sid, fields, split_entries(window), split_entries(spill)))
         return out
 
     def live_expiry(self, sids: list[str]) -> Plan[dict[str, int | None]]:
@@ -164,22 +180,24 @@ class UpkeepOps:
     # -- changing sessions ------------------------------------------------------------
 
     def evict_many(self, bucket: int, captured: Sequence[Captured]) -> Plan[list[bool]]:
-        """Compare-and-delete each captured session (all of ``bucket``) in one script."""
-        if not captured:
-            return []
+        """Compare-and-delete each captured session (all of ``bucket``), a script
+        per :data:`SCRIPT_CHUNK` sessions."""
         k = self.keys
-        keys = [k.idx(bucket), k.exp(bucket), k.own(bucket)]
-        args: list[str | bytes | int] = ["", len(captured)]
-        owners: set[str | None] = set()
-        for cap in captured:
-            keys += [*k.session(cap.sid), k.outbox(cap.sid)]
-            args += [cap.sid, str(cap.created_ms), str(cap.version)]
-            user = cap.fields.get(b"user")
-            owners.add(user.decode() if user is not None else None)
-        reply, _ = yield from with_users(
-            "evict", keys, args, lambda u: k.user(bucket, u), owners, 0
-        )
-        return [bool(flag) for flag in reply]
+        out: list[bool] = []
+        for chunk in _chunks(captured):
+            keys = [k.idx(bucket), k.exp(bucket), k.own(bucket)]
+            args: list[str | bytes | int] = ["", len(chunk)]
+            owners: set[str | None] = set()
+            for cap in chunk:
+                keys += [*k.session(cap.sid), k.outbox(cap.sid)]
+                args += [cap.sid, str(cap.created_ms), str(cap.version)]
+                user = cap.fields.get(b"user")
+                owners.add(user.decode() if user is not None else None)
+            reply, _ = yield from with_users(
+                "evict", keys, args, lambda u: k.user(bucket, u), owners, 0
+            )
+            out += [bool(flag) for flag in reply]
+        return out
 
     def trim_many(self, plans: Sequence[tuple[Captured, int, int, int]]) -> Plan[list[bool]]:
         """For each ``(captured, lead, drop, drain_upto)``: trim the window and drain
@@ -207,7 +225,7 @@ class UpkeepOps:
         return sids, owners
 
     def _bucket_call(
-        self, script: str, bucket: int, sids: list[str], owners: set[str], *head: str | int
+        self, script: str, bucket: int, sids: Sequence[str], owners: set[str], *head: str | int
     ) -> Plan[object]:
         k = self.keys
         keys = [k.idx(bucket), k.exp(bucket), k.own(bucket)]
@@ -223,9 +241,8 @@ class UpkeepOps:
         """Bury up to ``batch_size`` expired sessions of ``bucket``; how many were due."""
         check_limit(batch_size, "batch_size")
         sids, owners = yield from self._candidates(bucket, "due", batch_size)
-        if not sids:
-            return 0
-        yield from self._bucket_call("purge", bucket, sids, owners)
+        for chunk in _chunks(sids):
+            yield from self._bucket_call("purge", bucket, chunk, owners)
         return len(sids)
 
     def sweep(
@@ -234,13 +251,14 @@ class UpkeepOps:
         """Check ``count`` index entries of ``bucket`` from rank ``start``:
         ``(scanned, gone, ttl fixed, expired)``."""
         sids, owners = yield from self._candidates(bucket, "rank", start, count)
-        if not sids:
-            return 0, 0, 0, 0
-        reply = yield from self._bucket_call(
-            "sweep", bucket, sids, owners, "1" if dry_run else "0"
-        )
-        assert isinstance(reply, list)
-        return len(sids), int(reply[0]), int(reply[1]), int(reply[2])
+        gone = fixed = dead = 0
+        for chunk in _chunks(sids):
+            reply = yield from self._bucket_call(
+                "sweep", bucket, chunk, owners, "1" if dry_run else "0"
+            )
+            assert isinstance(reply, list)
+            gone, fixed, dead = gone + int(reply[0]), fixed + int(reply[1]), dead + int(reply[2])
+        return len(sids), gone, fixed, dead
 
     def purge_expired(self, batch_size: int) -> Plan[int]:
         """Bury every expired session of every bucket, ``batch_size`` per script."""
