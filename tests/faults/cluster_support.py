@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,24 @@ def spread_ids(stem: str, buckets: int, per_bucket: int) -> list[str]:
             out.append(sid)
         i += 1
     return out
+
+
+def spanning_namespace(client: Any, stem: str, buckets: int) -> str:
+    """A fresh namespace whose buckets' slots lie on every primary of the cluster
+    (a random one leaves a primary without a bucket about once in 200 draws)."""
+    from redis.crc import key_slot
+
+    manager = client.nodes_manager
+    primaries = {node.name for node in client.get_primaries()}
+    for _ in range(1000):
+        namespace = f"{stem}-{uuid.uuid4().hex[:10]}"
+        owners = {
+            manager.get_node_from_slot(key_slot(f"{namespace}.{b}".encode())).name
+            for b in range(buckets)
+        }
+        if owners == primaries:
+            return namespace
+    raise AssertionError("no namespace spans every primary")
 
 
 def cluster_nodes_of(client: Any, sids: list[str], keys: Any) -> set[str]:

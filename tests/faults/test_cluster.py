@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,7 +26,13 @@ import pytest
 from redis.cluster import RedisCluster
 
 from tests.conftest import LoopThread, SyncFacade
-from tests.faults.cluster_support import cluster_nodes_of, msg, spread_ids, wait_until
+from tests.faults.cluster_support import (
+    cluster_nodes_of,
+    msg,
+    spanning_namespace,
+    spread_ids,
+    wait_until,
+)
 from tests.faults.test_consistency import gone_everywhere
 from tests.test_locking import _HOLDER
 from tieredstore import ArchiveStore, LockTimeout, SessionNotFound
@@ -40,8 +45,9 @@ Factory = Callable[..., TieredStore]
 
 
 @pytest.fixture
-def namespace() -> str:
-    return f"cluster-{uuid.uuid4().hex[:10]}"
+def namespace(cluster_client: RedisCluster) -> str:
+    """A fresh namespace with buckets on every primary."""
+    return spanning_namespace(cluster_client, "cluster", DEFAULT_BUCKETS)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from tests.faults.cluster_support import (
     cluster_nodes_of,
     msg,
     session_keys,
+    spanning_namespace,
     spread_ids,
     wait_until,
 )
@@ -38,8 +38,9 @@ Factory = Callable[..., TieredStore]
 
 
 @pytest.fixture
-def namespace() -> str:
-    return f"cmaint-{uuid.uuid4().hex[:10]}"
+def namespace(cluster_client: RedisCluster) -> str:
+    """A fresh namespace with buckets on every primary."""
+    return spanning_namespace(cluster_client, "cmaint", DEFAULT_BUCKETS)
 
 
 @pytest.fixture
