@@ -14,7 +14,14 @@ from tieredstore.aio import AsyncBaseStore
 from tieredstore.breaker import CircuitBreaker
 from tieredstore.core import Batch, Order, check_limit
 from tieredstore.model import FrozenDict, Message, Page, Session
-from tieredstore.tiers.redis.errors import REDIS_ERRORS, raise_first, translate, used_memory
+from tieredstore.tiers.redis.errors import (
+    DRIVER_FAULTS,
+    REDIS_ERRORS,
+    driver_fault,
+    raise_first,
+    translate,
+    used_memory,
+)
 from tieredstore.tiers.redis.keys import DEFAULT_BUCKETS
 from tieredstore.tiers.redis.plans import Plan
 from tieredstore.tiers.redis.records import (
@@ -95,6 +102,10 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
                     with breaker.guard(redis_down):
                         reply = await self._send(call)
                 except REDIS_ERRORS as exc:
+                    raise translate(exc) from exc
+                except DRIVER_FAULTS as exc:
+                    if not driver_fault(exc):
+                        raise
                     raise translate(exc) from exc
                 call = plan.send(reply)
         except StopIteration as stop:

@@ -12,16 +12,44 @@ cluster client raises ``RedisClusterException``, which is not a
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import redis
 from redis import exceptions as rx
 
 from tieredstore.errors import BackendUnavailable, ConfigurationError
 
-__all__ = ["REDIS_ERRORS", "raise_first", "translate", "used_memory"]
+__all__ = ["DRIVER_FAULTS", "REDIS_ERRORS", "driver_fault", "raise_first", "translate",
+           "used_memory"]
 
 #: What a Redis shell catches around each call.
 REDIS_ERRORS = (rx.RedisError, rx.RedisClusterException)
+
+#: Python errors redis-py itself raises when a connection is torn down under a
+#: call in flight (see :func:`driver_fault`); a shell catches them too.
+DRIVER_FAULTS = (AttributeError, TypeError)
+
+_DRIVER_DIR = os.path.dirname(os.path.abspath(redis.__file__)) + os.sep
+
+
+def driver_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of :data:`DRIVER_FAULTS` raised inside redis-py.
+
+    During a cluster failover redis-py's asyncio client may disconnect a
+    node's connection (to refresh the topology) while another task is writing
+    on it, which then fails with ``AttributeError: 'NoneType' object has no
+    attribute 'writelines'``. That is a lost connection, so it is transient;
+    the same error raised by our own code is a bug and is not caught.
+    """
+    if not isinstance(exc, DRIVER_FAULTS):
+        return False
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    if last is None:
+        return False
+    return os.path.abspath(last.tb_frame.f_code.co_filename).startswith(_DRIVER_DIR)
 
 # Error codes (the reply's first word) that no retry will change.
 _MISCONFIGURED_CODES = frozenset(
@@ -54,6 +82,8 @@ _TRANSIENT_CLUSTER = ("cannot be connected", "not covered", "could not agree")
 def translate(exc: BaseException) -> BackendUnavailable | ConfigurationError:
     """Our error for a redis-py exception (raise it ``from`` ``exc``)."""
     detail = str(exc) or type(exc).__name__
+    if driver_fault(exc):
+        return BackendUnavailable("redis", f"connection lost under the call: {detail}")
     if _misconfigured(exc, detail):
         return ConfigurationError("redis", detail)
     return BackendUnavailable("redis", detail)

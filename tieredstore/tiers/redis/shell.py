@@ -13,6 +13,7 @@ import redis.cluster
 from tieredstore.base import StoreCore
 from tieredstore.breaker import CircuitBreaker, resolve_breaker
 from tieredstore.errors import ConfigurationError, InvalidInput
+from tieredstore.tiers.redis.errors import driver_fault
 from tieredstore.tiers.redis.keys import DEFAULT_BUCKETS, RedisKeys
 from tieredstore.tiers.redis.plans import Plan, RedisOps
 from tieredstore.tiers.redis.records import Call
@@ -51,8 +52,10 @@ def is_cluster(client: Any) -> bool:
 
 
 def redis_down(exc: BaseException) -> bool:
-    """For the circuit breaker: Redis unreachable or silent (not an error reply)."""
-    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError)
+    """For the circuit breaker: Redis unreachable or silent (not an error reply),
+    or a connection torn down under the call (:func:`.errors.driver_fault`)."""
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError) or (
+        driver_fault(exc))
 
 
 def evalsha_args(call: Call) -> tuple[Any, ...]:
