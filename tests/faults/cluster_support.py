@@ -65,14 +65,14 @@ def cluster_nodes_of(client: Any, sids: list[str], keys: Any) -> set[str]:
 
 def session_keys(client: Any, root: str) -> list[bytes]:
     """Every key under ``root`` on a cluster's primaries or a standalone Redis
-    except the namespace's layout record, lease and cursor keys."""
+    except the namespace's layout record, lease, cursor and lap keys."""
     from redis.cluster import RedisCluster
 
     if isinstance(client, RedisCluster):
         found = client.scan_iter(match=f"{root}*", count=1000, target_nodes=RedisCluster.PRIMARIES)
     else:
         found = client.scan_iter(match=f"{root}*", count=1000)
-    skip = (b":buckets", b":lease:", b":cur:")
+    skip = (b":buckets", b":lease:", b":cur:", b":lap:")
     return sorted(k for k in found if not any(part in k for part in skip))
 
 

@@ -322,17 +322,11 @@ def test_async_store_resumes_and_resubscribes_after_a_failover(
     asyncio.run(main())
     assert ledger.raw == [], f"untyped errors escaped: {ledger.raw[:3]!r}"
     twice = check_nothing_acknowledged_lost(servers, pg_engine, namespace, ledger, archived=True)
-    if twice:
-        # Known: a reconciliation that ran while Redis was still failing over leaves the
-        # fenced Redis copy (and its outbox) in place; the next one absorbs that outbox
-        # again into the new generation, where ArchiveStore._holds no longer sees its
-        # records as held (it compares generations), and appends them a second time.
-        pytest.xfail(f"outbox records absorbed twice after repeated reconciliation: {twice}")
+    # A fenced copy reconciled twice (Redis failing again before the first
+    # reconciliation replaced it) must not have its outbox absorbed twice.
+    assert not twice, f"outbox records absorbed twice: {twice}"
 
 
-@pytest.mark.xfail(strict=True, reason="a write_through append that Redis lost in a failover "
-                   "(asynchronous replication) is overwritten: the next append reuses its seq "
-                   "and version, and the archive's mirror drops the new message as a duplicate")
 def test_a_write_the_failover_lost_in_redis_survives_in_write_through(
     private_cluster: RedisClusterServers, pg_engine: Any
 ) -> None:

@@ -250,9 +250,6 @@ def test_a_crashed_lease_holder_blocks_only_its_bucket_until_expiry(
 
 
 
-@pytest.mark.xfail(strict=True, reason="expire's index sweep and trim restart a finished "
-                   "bucket's lap on its next visit, so `remaining` stays true whenever the "
-                   "lap is longer than one call's budget")
 @pytest.mark.parametrize("task", ["expire", "trim"])
 def test_repeated_calls_finish_a_lap(make_store: Factory, task: str) -> None:
     """Calls repeated while ``remaining`` holds finish a lap over every bucket, then

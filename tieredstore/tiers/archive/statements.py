@@ -148,6 +148,9 @@ _DETACHED = (
 _MESSAGES_AT = sa.select(_M.seq, _M.payload, _M.created_ms).where(
     _MKEY, _M.seq.in_(sa.bindparam("seqs", expanding=True))
 )
+_MESSAGES_STAMPED = sa.select(_M.payload, _M.created_ms).where(
+    _MKEY, _M.created_ms.in_(sa.bindparam("stamps", expanding=True))
+)
 _SESSION_IDS_AFTER = (
     sa.select(_S.session_id)
     .where(_S.namespace == _NS, _S.session_id > sa.bindparam("after"))

@@ -22,6 +22,7 @@ from tieredstore.tiers.archive.statements import (
     _LEAD,
     _M,
     _MESSAGES_AT,
+    _MESSAGES_STAMPED,
     _NOW,
     _NS,
     _S,
@@ -127,10 +128,22 @@ class ArchiveUpkeep(ArchiveBase):
 
     def _holds(self, conn: sa.Connection, sid: str, row: Any, record: OutboxRecord) -> bool:
         """Whether the archive already holds this outbox record's messages (a
-        mirror that landed before the outage, whose acknowledgement was lost)."""
+        mirror that landed before the outage, whose acknowledgement was lost).
+
+        A record of another generation than the archive's is held when its
+        messages are in the history with their write time, at whatever seqs:
+        an earlier reconciliation appended them after the archive's own
+        messages (a fenced copy can be reconciled twice when Redis fails
+        again before the first one replaced it)."""
         receipt = record.receipt
         if receipt.created_ms != row.created_ms:
-            return False
+            elsewhere = {
+                (bytes(r.payload), r.created_ms)
+                for r in conn.execute(
+                    _MESSAGES_STAMPED, self._params(sid, stamps=[receipt.updated_ms])
+                )
+            }
+            return all((p, receipt.updated_ms) in elsewhere for p in record.batch.payloads)
         seqs = [receipt.first_seq + i for i in range(len(record.batch))]
         stored = {
             r.seq: (bytes(r.payload), r.created_ms)
