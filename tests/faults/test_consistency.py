@@ -494,3 +494,37 @@ def test_write_through_keeps_a_write_redis_lost_and_the_one_reusing_its_seq(
     assert store.get("s").version >= version
     store.append("s", msg(3))
     assert direct.load("s") == [*expected, msg(3)]
+
+
+def test_a_fenced_copy_reconciled_twice_is_absorbed_once(
+    make_tiered: Any, proxied_pg: tuple[TcpProxy, Any], pg_engine: Any, namespace: str
+) -> None:
+    """Redis kept a write the archive missed (outbox); the archive took another while
+    Redis was away (detached). The first reconciliation absorbs the outbox into a new
+    generation but its promotion to Redis never happens (Redis fails again) and the
+    archive is detached once more: the second reconciliation of the same fenced copy
+    must not append the outbox's message a second time."""
+    from tieredstore.core import prepare_batch
+
+    proxy, engine = proxied_pg
+    direct = ArchiveStore(pg_engine, namespace=namespace)
+    store = make_tiered(engine=engine, durability="write_through", memory_max_bytes=None)
+    store.save("s", [msg(0)])
+    proxy.down()
+    store.append("s", msg(1))  # acknowledged by Redis alone: it waits in the outbox
+    proxy.up()
+    engine.dispose()
+    assert store.redis is not None and store.redis.outbox_sessions() == ["s"]
+    limits = direct.limits
+    direct.write_append("s", prepare_batch([msg(2)], limits), ttl_ms=None,
+                        expected_version=None, detached=True)  # while "Redis was away"
+    fenced = store.redis.fence("s")
+    assert fenced is not None and [r.batch.messages[0] for r in fenced.records] == [msg(1)]
+    first = direct.reconcile("s", fenced)
+    assert first.action == "promote"
+    assert direct.load("s") == [msg(0), msg(2), msg(1)]
+    direct.write_append("s", prepare_batch([msg(3)], limits), ttl_ms=None,
+                        expected_version=None, detached=True)  # Redis failed again
+    second = direct.reconcile("s", fenced)  # the same fenced copy, never replaced
+    assert second.action == "promote" and second.version > first.version
+    assert direct.load("s") == [msg(0), msg(2), msg(1), msg(3)]
