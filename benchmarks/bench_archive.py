@@ -39,8 +39,8 @@ import psycopg
 import redis
 import sqlalchemy as sa
 
+from benchmarks.common import scratch_database
 from tieredstore.maintenance import archive_idle
-from tieredstore.migration import migrate
 from tieredstore.policy import message_kind
 from tieredstore.store import TieredStore
 
@@ -57,22 +57,6 @@ _SESSION_COLUMNS = ("namespace", "session_id", "user_id", "metadata", "created_m
 _MESSAGE_COLUMNS = ("namespace", "session_id", "seq", "created_ms", "role", "kind", "payload",
                     "content_text")
 _MESSAGE_TYPES = ("text", "text", "int8", "int8", "text", "text", "bytea", "text")
-
-
-@contextmanager
-def scratch_database() -> Iterator[str]:
-    name = f"tieredstore_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate(url)
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def conversation(sid: str) -> list[dict[str, Any]]:
@@ -176,7 +160,7 @@ def run(quick: bool) -> dict[str, Any]:
     client = redis.Redis.from_url(REDIS_URL)
     results: list[dict[str, float]] = []
     try:
-        with scratch_database() as url:
+        with scratch_database(PG_ADMIN_URL) as url:
             dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(
                 hide_password=False)
             create_scratch_tables(dsn)

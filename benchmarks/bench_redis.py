@@ -26,62 +26,24 @@ server should be otherwise idle while this runs (commandstats are global).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from benchmarks.common import bulk_save
+from benchmarks.common import bulk_save, interleaved, no_gc
+from benchmarks.common import summary_ns as summary
 from tieredstore import Message, RedisStore
 from tieredstore.codec import encode_entry, encode_json
 from tieredstore.tiers.redis import SCRIPTS
 
 RESULTS = Path(__file__).parent / "results" / "redis.json"
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    index = min(round(q * (len(ordered) - 1)), len(ordered) - 1)
-    return ordered[index]
-
-
-def summary(samples_ns: list[int]) -> dict[str, float]:
-    us = [s / 1000 for s in samples_ns]
-    return {"n": len(us), "p50_us": percentile(us, 0.50), "p99_us": percentile(us, 0.99)}
-
-
-def interleaved(
-    ops: dict[str, Callable[[], Any]], rounds: int, warmup: int
-) -> dict[str, list[int]]:
-    """Time every op once per round, in turn, so drift hits them all alike."""
-    samples: dict[str, list[int]] = {name: [] for name in ops}
-    clock = time.perf_counter_ns
-    for round_ in range(warmup + rounds):
-        for name, op in ops.items():
-            start = clock()
-            op()
-            elapsed = clock() - start
-            if round_ >= warmup:
-                samples[name].append(elapsed)
-    return samples
-
-
-@contextmanager
-def no_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 class CommandCounter:

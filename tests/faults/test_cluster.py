@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -51,22 +51,14 @@ def namespace(cluster_client: RedisCluster) -> str:
 
 
 @pytest.fixture
-def make_cluster(
-    cluster_client: RedisCluster, redis_prefix: str, pg_engine: Any, namespace: str
-) -> Iterator[Factory]:
+def make_cluster(make_tiered: Factory, cluster_client: RedisCluster) -> Factory:
     """TieredStores over the cluster and the run's PostgreSQL, in this test's namespace."""
-    made: list[TieredStore] = []
 
     def make(**options: Any) -> TieredStore:
         options.setdefault("redis", cluster_client)
-        options.setdefault("engine", pg_engine)
-        store = TieredStore.from_clients(namespace=namespace, prefix=redis_prefix, **options)
-        made.append(store)
-        return store
+        return make_tiered(**options)
 
-    yield make
-    for store in made:
-        store.close()
+    return make
 
 
 def cluster_store_url(cluster_url: str) -> str:

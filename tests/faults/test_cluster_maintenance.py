@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -44,23 +44,15 @@ def namespace(cluster_client: RedisCluster) -> str:
 
 
 @pytest.fixture
-def make_store(
-    cluster_client: RedisCluster, redis_prefix: str, pg_engine: Any, namespace: str
-) -> Iterator[Factory]:
+def make_store(make_tiered: Factory, cluster_client: RedisCluster) -> Factory:
     """TieredStores (no memory tier) over the cluster (or ``redis=``) and the run's PostgreSQL."""
-    made: list[TieredStore] = []
 
     def make(**options: Any) -> TieredStore:
         options.setdefault("redis", cluster_client)
-        options.setdefault("engine", pg_engine)
         options.setdefault("memory_max_bytes", None)
-        store = TieredStore.from_clients(namespace=namespace, prefix=redis_prefix, **options)
-        made.append(store)
-        return store
+        return make_tiered(**options)
 
-    yield make
-    for store in made:
-        store.close()
+    return make
 
 
 def archive_all(store: TieredStore, **limits: Any) -> MaintenanceResult:
