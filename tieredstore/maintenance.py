@@ -236,7 +236,6 @@ class _Buckets:
         count = redis.bucket_count
         first = random.randrange(count)
         self.order = [(first + i) % count for i in range(count)]
-        self.busy = 0
 
     def each(self, work: Callable[[int], bool]) -> None:
         """Run ``work(bucket)`` on every bucket this call can lease, until it returns False."""
@@ -246,8 +245,7 @@ class _Buckets:
                     return
                 continue
             if not self.redis.claim_buckets([bucket], self.task, self.holder, self.ttl_ms):
-                self.busy += 1
-                continue
+                continue  # another worker has it
             try:
                 if not work(bucket):
                     return
@@ -293,13 +291,6 @@ class _Lap:
         if done and not self.dry_run:
             self.redis.finish_lap(self.task, number)
         return done or number > self.number
-
-
-def _hot(store: TieredStore) -> RedisStore:
-    redis = store.redis
-    if redis is None:
-        raise InvalidInput("this maintenance step needs a Redis tier")
-    return redis
 
 
 def _now_ms(now: float | None) -> int | None:
@@ -381,12 +372,12 @@ def _sweep(hot: RedisStore, run: _Run, bucket: int, buckets: _Buckets, lap: _Lap
         return True
     while budget[0] > 0 and buckets.renew(bucket):
         count = min(run.batch_size, budget[0])
-        scanned, gone, fixed, dead = hot.sweep(bucket, start, count, run.dry_run)
+        scanned, gone, fixed, dead = hot.sweep(bucket, start, count)
         budget[0] -= max(scanned, 1)
         run.repaired += gone + fixed
         run.changed += dead
         run.scanned += scanned
-        start += scanned if run.dry_run else scanned - gone - dead
+        start += scanned - gone - dead  # the buried entries left the index
         if scanned < count:
             lap.save(bucket, None)
             return True

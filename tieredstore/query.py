@@ -729,12 +729,6 @@ def _to_ms(moment: TimeLike) -> int:
     raise InvalidInput(f"not a time: {moment!r}")
 
 
-def _from_ms(ms: int) -> datetime:
-    from datetime import UTC
-
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
 def _encode_cursor(*parts: Any) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(list(parts))).decode().rstrip("=")
 

@@ -81,10 +81,10 @@ class RedisKeys:
         self.tags = tuple(f"{self.root}{{{namespace}.{b}}}:" for b in range(buckets))
 
     def bucket(self, sid: str) -> int:
-        return zlib.crc32(sid.encode("utf-8", "surrogatepass")) % self.buckets
+        return bucket_of(sid, self.buckets)
 
     def tag(self, sid: str) -> str:
-        return self.tags[zlib.crc32(sid.encode("utf-8", "surrogatepass")) % self.buckets]
+        return self.tags[bucket_of(sid, self.buckets)]
 
     # -- a session's own keys ---------------------------------------------------
 

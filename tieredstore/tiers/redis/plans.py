@@ -46,12 +46,14 @@ from tieredstore.tiers.redis.records import (
     flag,
     found,
     int_or_none,
+    live_hash,
     messages_of,
     metadata_of,
     opt,
     outbox_body,
     receipt_of,
     records_of,
+    server_ms,
     snapshot_of,
     ttl_arg,
 )
@@ -361,12 +363,11 @@ class RedisOps:
         # One script reads the source (a pipeline is not atomic: a write between
         # its commands would give a hash and a window of different versions).
         reply = yield Call("capture", [h, m, x], [])
-        seconds, micros, flat, window, spilled = reply
-        o = {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
-        expires = o.get(b"expires")
-        now = int(seconds) * 1000 + int(micros) // 1000
-        if b"version" not in o or (expires is not None and int(expires) <= now):
+        _, _, flat, window, spilled = reply
+        o = live_hash(flat, server_ms(reply[:2]))
+        if o is None:
             raise SessionNotFound(src)
+        expires = o.get(b"expires")
         meta = [(name[2:], value) for name, value in o.items() if name.startswith(b"m:")]
         user = o.get(b"user", b"").decode()
         dt = k.tag(dst)
@@ -488,16 +489,20 @@ class RedisOps:
         sids = [check_session_id(sid, self.limits) for sid in sids]
         if not sids:
             return []
-        k = self.keys
+        live = yield from self.live_expiry(sids)
+        return [sid in live for sid in sids]
+
+    def live_expiry(self, sids: Sequence[str]) -> Plan[dict[str, int | None]]:
+        """The sessions among ``sids`` live here, with their expiry (one round trip)."""
         commands: list[tuple[str | bytes | int, ...]] = [("TIME",)]
-        commands.extend(("HMGET", k.meta(sid), "version", "expires") for sid in sids)
+        commands += [("HMGET", self.keys.meta(sid), "version", "expires") for sid in sids]
         replies = yield Commands(commands)
-        seconds, micros = replies[0]
-        now = int(seconds) * 1000 + int(micros) // 1000
-        return [
-            version is not None and (expires is None or int(expires) > now)
-            for version, expires in replies[1:]
-        ]
+        now = server_ms(replies[0])
+        live: dict[str, int | None] = {}
+        for sid, (version, expires) in zip(sids, replies[1:], strict=True):
+            if version is not None and (expires is None or int(expires) > now):
+                live[sid] = int(expires) if expires is not None else None
+        return live
 
     def history_page(self, sid: str, before: int | None, limit: int) -> Plan[HistoryPart | None]:
         check_limit(limit, maximum=100_000)

@@ -51,6 +51,21 @@ class Spilled(NamedTuple):
     message: Message
 
 
+def server_ms(time_reply: Sequence[Any]) -> int:
+    """Unix milliseconds from a ``TIME`` reply (seconds, microseconds)."""
+    seconds, micros = time_reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def live_hash(flat: Sequence[bytes], now_ms: int) -> dict[bytes, bytes] | None:
+    """A session hash read as a flat list, or ``None`` if missing or expired at ``now_ms``."""
+    fields = {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+    expires = fields.get(b"expires")
+    if b"version" not in fields or (expires is not None and int(expires) <= now_ms):
+        return None
+    return fields
+
+
 def opt(value: int | None) -> int:
     return -1 if value is None else value
 

@@ -13,7 +13,15 @@ from typing import TypeVar
 from tieredstore.core import check_limit
 from tieredstore.tiers.redis.keys import RedisKeys
 from tieredstore.tiers.redis.plans import Plan, RedisOps, with_users
-from tieredstore.tiers.redis.records import Call, Calls, Captured, Commands, split_entries
+from tieredstore.tiers.redis.records import (
+    Call,
+    Calls,
+    Captured,
+    Commands,
+    live_hash,
+    server_ms,
+    split_entries,
+)
 
 __all__ = ["SCRIPT_CHUNK", "UpkeepOps"]
 
@@ -29,11 +37,6 @@ def _chunks(items: Sequence[T]) -> list[Sequence[T]]:
     return [items[i : i + SCRIPT_CHUNK] for i in range(0, len(items), SCRIPT_CHUNK)]
 
 
-def _now(reply: Sequence[bytes]) -> int:
-    seconds, micros = reply
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
 class UpkeepOps:
     """What the maintenance tasks need from Redis, as plans over :class:`RedisOps`."""
 
@@ -43,7 +46,7 @@ class UpkeepOps:
 
     def now_ms(self) -> Plan[int]:
         replies = yield Commands([("TIME",)])
-        return _now(replies[0])
+        return server_ms(replies[0])
 
     # -- leases and cursors ---------------------------------------------------------
 
@@ -145,28 +148,17 @@ class UpkeepOps:
         replies = yield Calls(calls)
         out: list[Captured | None] = []
         for chunk, reply in zip(_chunks(sids), replies, strict=True):
-            now = _now(reply[:2])
+            now = server_ms(reply[:2])
             for i, sid in enumerate(chunk):
                 flat, window, spill = reply[2 + 3 * i : 5 + 3 * i]
-                fields = {flat[j]: flat[j + 1] for j in range(0, len(flat) - 1, 2)}
-                expires = fields.get(b"expires")
-                if b"version" not in fields or (expires is not None and int(expires) <= now):
-                    out.append(None)
-                    continue
-                out.append(Captured(sid, fields, split_entries(window), split_entries(spill)))
+                fields = live_hash(flat, now)
+                out.append(None if fields is None else Captured(
+                    sid, fields, split_entries(window), split_entries(spill)))
         return out
 
     def live_expiry(self, sids: list[str]) -> Plan[dict[str, int | None]]:
         """The sessions among ``sids`` live in Redis, with their expiry there."""
-        commands: list[tuple[str | bytes | int, ...]] = [("TIME",)]
-        commands += [("HMGET", self.keys.meta(sid), "version", "expires") for sid in sids]
-        replies = yield Commands(commands)
-        now = _now(replies[0])
-        live: dict[str, int | None] = {}
-        for sid, (version, expires) in zip(sids, replies[1:], strict=True):
-            if version is not None and (expires is None or int(expires) > now):
-                live[sid] = int(expires) if expires is not None else None
-        return live
+        return (yield from self.ops.live_expiry(sids))
 
     def window_sizes(self, sids: Sequence[str]) -> Plan[list[tuple[int, int]]]:
         """``(window length, spill length)`` of each session, in one round trip."""
