@@ -27,10 +27,15 @@ config = context.config
 _PG_LOCK_KEY = 0x74736D6967726174
 
 
+# The partitions of the messages table (PostgreSQL): made at run time, not by
+# migrations, so not compared (the partitioned parent is).
+_partitions: set[str] = set()
+
+
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-    """Compare only tieredstore's own tables (and everything inside them)."""
+    """Compare only tieredstore's own tables (and everything inside them), not partitions."""
     if type_ == "table":
-        return name is not None and name.startswith(TABLE_PREFIX)
+        return name is not None and name.startswith(TABLE_PREFIX) and name not in _partitions
     return True
 
 
@@ -86,6 +91,15 @@ def _run(connection: sa.Connection) -> None:
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+            _partitions.update(
+                connection.execute(
+                    sa.text(
+                        "SELECT c.relname FROM pg_class c JOIN pg_namespace n "
+                        "ON n.oid = c.relnamespace WHERE c.relispartition "
+                        "AND n.nspname = current_schema()"
+                    )
+                ).scalars()
+            )
         context.run_migrations()
 
 

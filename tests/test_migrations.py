@@ -6,6 +6,7 @@ temporary SQLite file, through ``tieredstore.migrate`` exactly as a user would.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,7 +58,9 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def _tables(url: str) -> set[str]:
     engine = sa.create_engine(normalize_url(url))
     try:
-        return set(sa.inspect(engine).get_table_names())
+        names = sa.inspect(engine).get_table_names()
+        # monthly partitions of the messages table (PostgreSQL) are not tables of their own
+        return {name for name in names if not re.fullmatch(r"tieredstore_messages_m\d{6}", name)}
     finally:
         engine.dispose()
 
@@ -65,7 +68,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_check_downgrade_upgrade(fresh_url: str) -> None:
     assert current_revision(fresh_url) is None
     migrate(fresh_url)
-    assert current_revision(fresh_url) == head_revision() == "0003"
+    assert current_revision(fresh_url) == head_revision() == "0004"
     assert _tables(fresh_url) == TABLES | {VERSION_TABLE}
     check(fresh_url)  # the models and the migrated schema do not drift
     migrate(fresh_url)  # idempotent
@@ -74,7 +77,7 @@ def test_upgrade_check_downgrade_upgrade(fresh_url: str) -> None:
     # Only Alembic's (now empty) revision table is left.
     assert _tables(fresh_url) == {VERSION_TABLE}
     migrate(fresh_url, "head")
-    assert current_revision(fresh_url) == "0003"
+    assert current_revision(fresh_url) == "0004"
     check(fresh_url)
 
 
@@ -116,7 +119,7 @@ def test_the_package_level_migrate(tmp_path: Path) -> None:
 
     url = f"sqlite:///{tmp_path / 'entry.db'}"
     tieredstore.migrate(url)
-    assert current_revision(url) == "0003"
+    assert current_revision(url) == "0004"
 
 
 def test_migrations_folder_ships_beside_the_package() -> None:

@@ -1,4 +1,4 @@
-"""Migrations 0002 (search) and 0003 (generations) upgrade a filled archive, keeping rows."""
+"""Migrations 0002 (search), 0003 (generations) and 0004 (partitions) keep a filled archive."""
 
 from __future__ import annotations
 
@@ -63,14 +63,13 @@ def test_upgrade_filled_archive_keeps_every_row(url: str) -> None:
         if engine.dialect.name == "postgresql":
             indexes = {ix["name"] for ix in sa.inspect(engine).get_indexes(MESSAGES)}
             assert FTS_INDEX in indexes
+        downgrade(url, "0001")
+        assert _rows(engine) == before
+        migrate(url)
         query = ArchiveQuery(engine, namespace="legacy")
         hits = query.search("parcel", user_id="u1", metadata={"channel": "web"}, limit=100)
         assert sorted(h.session_id for h in hits) == sorted(f"s{i}" for i in range(1, 30, 3))
         assert len(query.search("transit", limit=100)) == 30
-        downgrade(url, "0001")
-        assert _rows(engine) == before
-        migrate(url, "0002")
-        assert _rows(engine) == before
     finally:
         engine.dispose()
 
@@ -81,9 +80,8 @@ def test_0003_keeps_every_row_and_adds_generation_columns(url: str) -> None:
     engine = sa.create_engine(normalize_url(url))
     try:
         before = _rows(engine)
-        migrate(url)
+        migrate(url, "0003")
         assert current_revision(url) == "0003"
-        check(url)
         after = _rows(engine)
         assert after[MESSAGES] == before[MESSAGES]
         # every session row keeps its values; the new columns start empty
@@ -93,6 +91,8 @@ def test_0003_keeps_every_row_and_adds_generation_columns(url: str) -> None:
                 sa.text(f"SELECT DISTINCT deleted_ms, detached FROM {SESSIONS}")
             ).all()
         assert [(d, bool(x)) for d, x in extra] == [(None, False)]
+        migrate(url)
+        check(url)
         store = ArchiveStore(engine, namespace="legacy")
         assert len(store.load("s7")) == 4
         assert store.delete("s7") and not store.exists("s7")

@@ -40,6 +40,7 @@ from tieredstore.core import MAX_TTL_MS, check_session_id, check_user_id, prepar
 from tieredstore.errors import InvalidInput, InvalidRecord, PayloadTooLarge, RecordTooLarge
 from tieredstore.model import Message
 from tieredstore.policy import KIND_SYSTEM, message_kind
+from tieredstore.tiers.archive.partitions import month_of
 from tieredstore.tiers.archive.rows import _content_text, _no_nul
 
 __all__ = [
@@ -63,10 +64,10 @@ SESSION_FIELDS = ("session_id", "user_id", "metadata", "created_ms", "updated_ms
 #: The fields of a message line after ``type``.
 MESSAGE_FIELDS = ("session_id", "seq", "created_ms", "message")
 #: The ``tieredstore_messages`` columns of a :data:`MessageRow`, in order.
-MESSAGE_COLUMNS = ("namespace", "session_id", "seq", "created_ms", "role", "kind", "payload",
-                   "content_text")
+MESSAGE_COLUMNS = ("namespace", "session_id", "seq", "month", "created_ms", "role", "kind",
+                   "payload", "content_text")
 
-MessageRow = tuple[str, str, int, int, str, str, bytes, str | None]
+MessageRow = tuple[str, str, int, int, int, str, str, bytes, str | None]
 """One ``tieredstore_messages`` row, columns as :data:`MESSAGE_COLUMNS`."""
 ImportSource = Iterable[bytes | str] | IO[bytes] | IO[str] | bytes | str
 """Lines (an iterable of ``bytes``/``str``), a file opened for reading, or a whole text."""
@@ -292,7 +293,7 @@ class ImportReader:
             "metadata": metadata, "created_ms": created_ms, "updated_ms": updated_ms,
             "expires_ms": expires_ms, "ttl_ms": ttl_ms, "version": version,
             "message_count": message_count, "next_seq": next_seq, "base_seq": base_seq,
-            "lead": lead,
+            "lead": lead, "month": month_of(created_ms),
         }
         return _Open(SessionRow(number, values), message_count, next_seq, base_seq, lead)
 
@@ -322,8 +323,8 @@ class ImportReader:
             session.seen_other = True
         session.count += 1
         session.last_seq = seq
-        return (self.namespace, sid, seq, created_ms, _no_nul(message["role"]), kind, payload,
-                _content_text(message))
+        return (self.namespace, sid, seq, session.row.values["month"], created_ms,
+                _no_nul(message["role"]), kind, payload, _content_text(message))
 
 
 @contextmanager

@@ -86,15 +86,18 @@ from tieredstore.query_text import (
     make_snippet,
     order_time,
     parse_terms,
+    pg_text,
     pg_tsquery,
     pg_tsquery_sql,
     pg_tsvector,
     sqlite_metadata_clause,
     sqlite_text_clauses,
 )
-from tieredstore.schema import DEFAULT_FTS_LANGUAGE, normalize_url
+from tieredstore.schema import DEFAULT_FTS_LANGUAGE, MESSAGE_TEXT_FUNCTION, normalize_url
 from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import sessions as SESSIONS
+from tieredstore.tiers.archive import partitions
+from tieredstore.tiers.archive.rows import _NUL_ESCAPE
 from tieredstore.tiers.sql_errors import misconfigured, schema_missing
 
 if TYPE_CHECKING:
@@ -169,6 +172,7 @@ class ArchiveQuery:
             raise InvalidInput(f"not a text-search configuration name: {language!r}")
         self._language = language
         self.clock = clock
+        self._months: set[int] = set()  # partitions known to exist
 
     def close(self) -> None:
         if self._owns_engine:
@@ -264,7 +268,7 @@ class ArchiveQuery:
                          < sa.tuple_(sa.literal(c_ms), sa.literal(c_sid), sa.literal(c_seq)))
         inner = (
             sa.select(_M.session_id, _M.seq, _M.created_ms, _M.role, _S.user_id,
-                      _M.content_text)
+                      (pg_text() if self._pg else _M.content_text).label("content_text"))
             .select_from(MESSAGES.join(SESSIONS, sa.and_(
                 _S.namespace == _M.namespace, _S.session_id == _M.session_id)))
             .where(*conds)
@@ -323,7 +327,8 @@ class ArchiveQuery:
         stmt = sa.text(
             f"EXPLAIN SELECT m.session_id, m.seq FROM {MESSAGES.name} m JOIN {SESSIONS.name} s "
             "ON s.namespace = m.namespace AND s.session_id = m.session_id "
-            f"WHERE m.namespace = :ns AND to_tsvector('{language}'::regconfig, m.content_text) "
+            f"WHERE m.namespace = :ns AND to_tsvector('{language}'::regconfig, "
+            f"{MESSAGE_TEXT_FUNCTION}(m.payload, m.content_text)) "
             f"@@ ({pg_tsquery_sql(language, text)[0]}) "
             "AND (s.expires_ms IS NULL OR s.expires_ms > :now) "
             "ORDER BY m.created_ms + 0 DESC, m.session_id DESC, m.seq DESC LIMIT :limit"
@@ -523,6 +528,7 @@ class ArchiveQuery:
 
             def flush() -> None:
                 if sessions:  # before the messages that refer to them
+                    self._ensure_partitions({row.values["month"] for row in sessions})
                     self._insert_sessions(conn, sessions)
                     report.sessions += len(sessions)
                     sessions.clear()
@@ -568,6 +574,18 @@ class ArchiveQuery:
             raise SessionExists(ids[0] if len(ids) == 1 else f"one of {ids[0]!r}…",
                                 rows[0].line) from exc
 
+    def _ensure_partitions(self, months: set[int]) -> None:
+        """Partitions for ``months`` (PostgreSQL), made on a connection of their own.
+
+        Each ``CREATE`` commits at once: the import's long transaction never
+        holds the messages table's lock.
+        """
+        if not self._pg or months <= self._months:
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            partitions.ensure(conn, months)
+        self._months |= months
+
     def _insert_messages(self, conn: sa.Connection, rows: list[MessageRow]) -> None:
         if not self._pg:
             conn.execute(MESSAGES.insert(), [dict(zip(MESSAGE_COLUMNS, row, strict=True))
@@ -578,9 +596,10 @@ class ArchiveQuery:
             with dbapi.cursor() as cursor, cursor.copy(
                 f"COPY {MESSAGES.name} ({', '.join(MESSAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
             ) as copy:
-                copy.set_types(("text", "text", "int8", "int8", "text", "text", "bytea", "text"))
-                for row in rows:
-                    copy.write_row(row)
+                copy.set_types(("text", "text", "int8", "int4", "int8", "text", "text", "bytea",
+                                "text"))
+                for row in rows:  # the text is read from the payload, unless it can't be
+                    copy.write_row(row if _NUL_ESCAPE in row[7] else (*row[:8], None))
         except conn.dialect.loaded_dbapi.Error as exc:  # the raw cursor: not translated by SA
             raise translate_error(self.engine, exc) from exc
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from tieredstore.codec import encode_json
 from tieredstore.errors import InvalidInput
-from tieredstore.schema import DEFAULT_FTS_LANGUAGE, FTS_INDEX
+from tieredstore.schema import DEFAULT_FTS_LANGUAGE, FTS_INDEX, MESSAGE_TEXT_FUNCTION
 from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import sessions as SESSIONS
 
@@ -24,6 +24,7 @@ __all__ = [
     "make_snippet",
     "order_time",
     "parse_terms",
+    "pg_text",
     "pg_tsquery",
     "pg_tsquery_sql",
     "pg_tsvector",
@@ -60,8 +61,16 @@ def order_time(full_text: bool) -> sa.ColumnElement[int]:
     return _M.created_ms + 0 if full_text else _M.created_ms
 
 
+def pg_text() -> sa.ColumnElement[str]:
+    """A message row's search text on PostgreSQL (the expression the FTS index is built on)."""
+    text: sa.ColumnElement[str] = getattr(sa.func, MESSAGE_TEXT_FUNCTION)(
+        _M.payload, _M.content_text, type_=sa.Text()
+    )
+    return text
+
+
 def pg_tsvector(language: str) -> sa.ColumnElement[Any]:
-    return sa.func.to_tsvector(sa.literal_column(f"'{language}'::regconfig"), _M.content_text)
+    return sa.func.to_tsvector(sa.literal_column(f"'{language}'::regconfig"), pg_text())
 
 
 def split_prefix(text: str) -> tuple[str, list[str]]:

@@ -12,8 +12,12 @@ are then exact and identical on PostgreSQL and SQLite. For ad-hoc queries use
 A message row keeps the exact encoded bytes of the message in ``payload``
 (``JSONB`` would reorder keys and reject U+0000); ``kind`` is its trim-policy
 kind (see :mod:`tieredstore.policy`), ``content_text`` the plain text of its
-content for search. ``seq`` numbers a session's messages for life: it only
-grows, so a ``save`` writes after the last seq ever used.
+content for search where the database cannot read it from the payload.
+``seq`` numbers a session's messages for life: it only grows, so a ``save``
+writes after the last seq ever used. ``month`` places a session's messages
+in one monthly partition on PostgreSQL (see
+:mod:`tieredstore.tiers.archive.partitions`); there is no foreign key from
+messages to sessions, the store deletes both together.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "DEFAULT_FTS_LANGUAGE",
     "FTS_INDEX",
     "MESSAGES",
+    "MESSAGE_TEXT_FUNCTION",
     "SESSIONS",
     "TABLE_PREFIX",
     "VERSION_TABLE",
@@ -41,6 +46,9 @@ MESSAGES = TABLE_PREFIX + "messages"
 VERSION_TABLE = TABLE_PREFIX + "alembic_version"
 #: The GIN index behind full-text search on PostgreSQL (migration 0002).
 FTS_INDEX = "ix_tieredstore_messages_fts"
+#: The SQL function (migration 0004) that gives a message row's search text:
+#: ``content`` from the payload, or ``content_text`` where the row stores it.
+MESSAGE_TEXT_FUNCTION = TABLE_PREFIX + "message_text"
 #: The text-search configuration (regconfig) the FTS index is built with unless
 #: ``TIEREDSTORE_FTS_LANGUAGE`` names another when migration 0002 runs.
 DEFAULT_FTS_LANGUAGE = "english"
@@ -88,12 +96,17 @@ sessions = sa.Table(
     sa.Column("detached", sa.Boolean(), nullable=False, server_default=sa.false()),
     # The version whose write last set the metadata (mirrors may arrive out of order).
     sa.Column("meta_version", sa.BigInteger(), nullable=False, server_default="0"),
+    # The partition of the session's messages (migration 0004): the UTC month,
+    # as YYYYMM, of the generation's creation when the row was first written.
+    sa.Column("month", sa.Integer(), nullable=False),
     sa.PrimaryKeyConstraint("namespace", "session_id"),
     # list(): keyset pagination by last activity, per namespace and per user.
     sa.Index("ix_tieredstore_sessions_activity", "namespace", "updated_ms", "session_id"),
     sa.Index("ix_tieredstore_sessions_user", "namespace", "user_id", "updated_ms", "session_id"),
     # expiry scans (maintenance) and idle-archival queries.
     sa.Index("ix_tieredstore_sessions_expiry", "namespace", "expires_ms"),
+    # retention: the sessions of one partition.
+    sa.Index("ix_tieredstore_sessions_month", "month", "namespace"),
     # sessions whose Redis copy must be reconciled (write_through).
     sa.Index(
         "ix_tieredstore_sessions_detached",
@@ -116,25 +129,29 @@ messages = sa.Table(
     sa.Column("namespace", IdType, nullable=False),
     sa.Column("session_id", IdType, nullable=False),
     sa.Column("seq", sa.BigInteger(), nullable=False),
+    # The session's ``month``: all of a session's rows are in one partition.
+    sa.Column("month", sa.Integer(), nullable=False),
     sa.Column("created_ms", sa.BigInteger(), nullable=False),
     sa.Column("role", sa.String(), nullable=False),
     sa.Column("kind", sa.String(1), nullable=False),
     sa.Column("payload", sa.LargeBinary(), nullable=False),
+    # SQLite: the search text of every row. PostgreSQL: NULL (the text is read
+    # from the payload) unless the payload escapes U+0000, which JSONB rejects.
     sa.Column("content_text", sa.Text(), nullable=True),
-    sa.PrimaryKeyConstraint("namespace", "session_id", "seq"),
-    sa.ForeignKeyConstraint(
-        ["namespace", "session_id"],
-        [f"{SESSIONS}.namespace", f"{SESSIONS}.session_id"],
-        ondelete="CASCADE",
-    ),
+    sa.PrimaryKeyConstraint("namespace", "session_id", "seq", "month"),
     # messages by time (archival, retention and analytics queries).
     sa.Index("ix_tieredstore_messages_created", "namespace", "created_ms"),
-    # PostgreSQL: full-text search over content_text (see tieredstore.query).
+    # PostgreSQL: full-text search over each message's text (see tieredstore.query).
     sa.Index(
         FTS_INDEX,
-        sa.text(f"to_tsvector('{DEFAULT_FTS_LANGUAGE}'::regconfig, content_text)"),
+        sa.text(
+            f"to_tsvector('{DEFAULT_FTS_LANGUAGE}'::regconfig, "
+            f"{MESSAGE_TEXT_FUNCTION}(payload, content_text))"
+        ),
         postgresql_using="gin",
     ).ddl_if(dialect="postgresql"),
+    # PostgreSQL: one partition per month (tieredstore.tiers.archive.partitions).
+    postgresql_partition_by="RANGE (month)",
 )
 
 

@@ -8,7 +8,7 @@ and the row primitives several plans share (lock, renew, insert messages).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -22,6 +22,14 @@ from tieredstore.model import EMPTY_METADATA
 from tieredstore.plans import Op, Plan
 from tieredstore.schema import sessions as SESSIONS
 from tieredstore.tiers.archive.engines import _SQLITE_BEGIN, _install_sqlite_hooks
+from tieredstore.tiers.archive.partitions import (
+    PartitionRange,
+    covering,
+    ensure,
+    missing_partition,
+    month_of,
+    ranges,
+)
 from tieredstore.tiers.archive.rows import _arrays, _content_text, _no_nul
 from tieredstore.tiers.archive.statements import (
     _DELETE_MESSAGES,
@@ -31,6 +39,7 @@ from tieredstore.tiers.archive.statements import (
     _INSERT_NEW_MESSAGES_SQLITE,
     _LOCK_ROW,
     _S,
+    _SESSION_MONTH,
     _UPDATE_ROW,
 )
 from tieredstore.tiers.sql_errors import misconfigured, schema_missing
@@ -49,6 +58,14 @@ class _Retry(Exception):
     """Raised inside a transaction to run it again (a concurrent create won a race)."""
 
 
+class _NeedPartition(Exception):
+    """Raised inside a transaction whose rows need a partition that does not exist yet."""
+
+    def __init__(self, month: int) -> None:
+        super().__init__(month)
+        self.month = month
+
+
 def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
     orig = exc.orig
     state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
@@ -65,6 +82,8 @@ class ArchiveBase(StoreCore):
     _bulk_copy: bool
     _url: sa.URL
     _create_row: Any
+    #: Partitions known to exist (PostgreSQL), so a write checks the catalog once.
+    _partitions: tuple[PartitionRange, ...] = ()
 
     def _setup(
         self, engine: sa.Engine, namespace: str, tombstone_ttl: float
@@ -156,8 +175,18 @@ class ArchiveBase(StoreCore):
                     raise BackendUnavailable(
                         "database", "gave up after repeated concurrent-write conflicts"
                     ) from None
+            except _NeedPartition as need:
+                if attempt >= _MAX_ATTEMPTS:
+                    raise BackendUnavailable(
+                        "database", f"no partition for month {need.month} could be made"
+                    ) from None
+                yield from self._plan_ensure_months([need.month], refresh=True)
             except sa.exc.DBAPIError as exc:
                 if read and exc.connection_invalidated and attempt == 1:
+                    continue
+                month = missing_partition(exc) if self._pg else None
+                if month is not None and attempt < _MAX_ATTEMPTS:
+                    yield from self._plan_ensure_months([month], refresh=True)
                     continue
                 if attempt < _MAX_ATTEMPTS and self._retryable(exc):
                     yield Op("clock", "sleep", (0.001 * attempt,))
@@ -165,6 +194,31 @@ class ArchiveBase(StoreCore):
                 raise self._translate(exc) from exc
             except sa.exc.SQLAlchemyError as exc:
                 raise self._translate(exc) from exc
+
+    def _plan_ensure_months(
+        self, months: Iterable[int], *, refresh: bool = False
+    ) -> Plan[list[str]]:
+        """Make sure a partition holds each of ``months`` (PostgreSQL); the ones created.
+
+        Known partitions are cached, so this is free for months seen before;
+        ``refresh`` (a write found none) reads the catalog again.
+        """
+        if not self._pg:
+            return []
+        months = list(months)
+        if not refresh and all(covering(self._partitions, m) is not None for m in months):
+            return []
+
+        def work(conn: sa.Connection) -> tuple[list[str], list[PartitionRange]]:
+            created = ensure(conn, months)
+            return created, ranges(conn)
+
+        try:
+            created, known = yield Op("db", "_in_transaction", (work, "single"))
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._translate(exc) from exc
+        self._partitions = tuple(known)
+        return list(created)
 
     def _retryable(self, exc: sa.exc.DBAPIError) -> bool:
         if exc.connection_invalidated:
@@ -225,6 +279,7 @@ class ArchiveBase(StoreCore):
             params = self._params(sid, created_ms, **_arrays(batch, keep, seqs))
             return int(conn.execute(stmt, params).rowcount)
         ns, messages, payloads, kinds = self.namespace, batch.messages, batch.payloads, batch.kinds
+        month = conn.execute(_SESSION_MONTH, self._params(sid)).scalar_one()
         rows = []
         for i, seq in zip(keep, seqs, strict=True):
             message = messages[i]
@@ -233,6 +288,7 @@ class ArchiveBase(StoreCore):
                     "namespace": ns,
                     "session_id": sid,
                     "seq": seq,
+                    "month": month,
                     "created_ms": created_ms,
                     "role": _no_nul(message["role"]),
                     "kind": kinds[i],
@@ -281,6 +337,7 @@ class ArchiveBase(StoreCore):
             "user_id": user_id,
             "metadata": metadata if metadata is not None else EMPTY_METADATA,
             "created_ms": created_ms,
+            "month": month_of(created_ms),
             "updated_ms": updated_ms,
             "expires_ms": expires_ms,
             "ttl_ms": ttl_ms,

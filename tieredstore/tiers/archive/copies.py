@@ -13,10 +13,11 @@ from tieredstore.errors import InvalidInput
 from tieredstore.model import FrozenDict
 from tieredstore.plans import Plan
 from tieredstore.policy import leading_system
-from tieredstore.tiers.archive.base import ArchiveBase, _Retry
+from tieredstore.tiers.archive.base import ArchiveBase, _NeedPartition, _Retry
 from tieredstore.tiers.archive.engines import _json_dumps
+from tieredstore.tiers.archive.partitions import missing_partition, month_of
 from tieredstore.tiers.archive.records import ArchiveCopy, PreparedCopies
-from tieredstore.tiers.archive.rows import _content_text, _no_nul, _snapshot_batch, _subset
+from tieredstore.tiers.archive.rows import _no_nul, _snapshot_batch, _stored_text, _subset
 from tieredstore.tiers.archive.statements import (
     _ABSORB_COLUMNS,
     _DELETE_MESSAGES_BEFORE,
@@ -155,6 +156,7 @@ class ArchiveCopies(ArchiveBase):
             decoded = copy.messages
             rows: list[tuple[Any, ...]] = []
             kept: list[str] = []
+            month = month_of(copy.created_ms)
             for i, seq in enumerate(copy.seqs):
                 if seq < base:
                     continue
@@ -165,11 +167,12 @@ class ArchiveCopies(ArchiveBase):
                         ns,
                         sid,
                         seq,
+                        month,
                         stamps[i],
                         _no_nul(message["role"]),
                         kinds[i],
                         payloads[i],
-                        _content_text(message),
+                        _stored_text(message, payloads[i]),
                     )
                 )
             messages.append(rows)
@@ -188,6 +191,7 @@ class ArchiveCopies(ArchiveBase):
                     base,
                     leading_system(kept),
                     copy.version,
+                    month,
                 )
             )
         return PreparedCopies(ns, copies, sessions, messages)
@@ -200,6 +204,7 @@ class ArchiveCopies(ArchiveBase):
         ids = [copy.sid for copy in prepared.copies]
         if not ids:
             return []
+        yield from self._plan_ensure_months({month_of(c.created_ms) for c in prepared.copies})
 
         def work(conn: sa.Connection) -> list[bool]:
             rows = {
@@ -254,12 +259,18 @@ class ArchiveCopies(ArchiveBase):
         if len(created) < len(fresh):
             raise _Retry
         dbapi: Any = conn.connection.driver_connection
-        with dbapi.cursor() as cursor, cursor.copy(_PG_COPY_MESSAGES) as copy_in:
-            copy_in.set_types(_PG_COPY_TYPES)
-            write = copy_in.write_row
-            for i in fresh:
-                for row in prepared.messages[i]:
-                    write(row)
+        try:
+            with dbapi.cursor() as cursor, cursor.copy(_PG_COPY_MESSAGES) as copy_in:
+                copy_in.set_types(_PG_COPY_TYPES)
+                write = copy_in.write_row
+                for i in fresh:
+                    for row in prepared.messages[i]:
+                        write(row)
+        except dbapi.Error as exc:  # the raw cursor: SQLAlchemy does not wrap it
+            month = missing_partition(exc)
+            if month is None:
+                raise
+            raise _NeedPartition(month) from exc
 
     def _plan_apply(
         self,

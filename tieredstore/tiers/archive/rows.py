@@ -35,6 +35,19 @@ def _content_text(message: Mapping[str, Any]) -> str | None:
     return _no_nul(text)
 
 
+#: How an encoded payload spells U+0000, which PostgreSQL's JSONB cannot hold.
+_NUL_ESCAPE = b"\\u0000"
+
+
+def _stored_text(message: Mapping[str, Any], payload: bytes) -> str | None:
+    """``content_text`` of a PostgreSQL row: the search text only when the payload can't give it.
+
+    The search index reads the text out of the payload as JSONB, which
+    rejects an escaped U+0000; such rows (and only they) store their text.
+    """
+    return _content_text(message) if _NUL_ESCAPE in payload else None
+
+
 def _no_nul(text: str) -> str:
     return text.replace("\x00", "") if "\x00" in text else text
 
@@ -47,7 +60,7 @@ def _arrays(batch: Batch, keep: Sequence[int], idx: Sequence[int]) -> dict[str, 
         "roles": [_no_nul(messages[i]["role"]) for i in keep],
         "kinds": [batch.kinds[i] for i in keep],
         "payloads": [batch.payloads[i] for i in keep],
-        "texts": [_content_text(messages[i]) for i in keep],
+        "texts": [_stored_text(messages[i], batch.payloads[i]) for i in keep],
     }
 
 

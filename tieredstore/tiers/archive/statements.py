@@ -51,7 +51,13 @@ _NS: sa.BindParameter[str] = sa.bindparam("ns")
 _SID: sa.BindParameter[str] = sa.bindparam("sid")
 _NOW: sa.BindParameter[int] = sa.bindparam("now")
 _KEY = sa.and_(_S.namespace == _NS, _S.session_id == _SID)
-_MKEY = sa.and_(_M.namespace == _NS, _M.session_id == _SID)
+# A session's messages, in its partition only: the month comes from its row
+# (an InitPlan), so PostgreSQL prunes the other partitions at run time.
+_MKEY = sa.and_(
+    _M.namespace == _NS,
+    _M.session_id == _SID,
+    _M.month == sa.select(_S.month).where(_KEY).scalar_subquery(),
+)
 _LIVE = sa.or_(_S.expires_ms.is_(None), _S.expires_ms > _NOW)
 _LAST = sa.bindparam("last", type_=sa.Integer())
 
@@ -97,12 +103,17 @@ _DELETE_MESSAGE_RANGE = sa.delete(MESSAGES).where(
     _MKEY, _M.seq.between(sa.bindparam("low"), sa.bindparam("high"))
 )
 _DELETE_MESSAGES_BEFORE = sa.delete(MESSAGES).where(_MKEY, _M.seq < sa.bindparam("base"))
+# The month of the session messages are written for (all its rows share it).
+_SESSION_MONTH = sa.select(_S.month).where(_KEY)
 _COPY_MESSAGES = MESSAGES.insert().from_select(
     [c.name for c in MESSAGES.columns],
     sa.select(
         _M.namespace,
         sa.bindparam("dst", type_=_M.session_id.type),
         _M.seq,
+        sa.select(_S.month)
+        .where(_S.namespace == _NS, _S.session_id == sa.bindparam("dst"))
+        .scalar_subquery(),
         _M.created_ms,
         _M.role,
         _M.kind,
@@ -118,10 +129,13 @@ _PG_UNNEST = (
     "unnest(CAST(:idx AS bigint[]), CAST(:roles AS varchar[]), CAST(:kinds AS varchar[]), "
     "CAST(:payloads AS bytea[]), CAST(:texts AS text[])) AS u(i, role, kind, payload, text)"
 )
-_PG_COLUMNS = "(namespace, session_id, seq, created_ms, role, kind, payload, content_text)"
+_PG_COLUMNS = (
+    "(namespace, session_id, seq, month, created_ms, role, kind, payload, content_text)"
+)
 _PG_INSERT = (
     f"INSERT INTO {MESSAGES.name} {_PG_COLUMNS} "
-    f"SELECT :ns, :sid, u.i, :now, u.role, u.kind, u.payload, u.text FROM {_PG_UNNEST}"
+    "SELECT s.namespace, s.session_id, u.i, s.month, :now, u.role, u.kind, u.payload, u.text "
+    f"FROM {SESSIONS.name} s, {_PG_UNNEST} WHERE s.namespace = :ns AND s.session_id = :sid"
 )
 _INSERT_MESSAGES_PG = sa.text(_PG_INSERT)
 _INSERT_NEW_MESSAGES_PG = sa.text(_PG_INSERT + " ON CONFLICT DO NOTHING")
@@ -188,6 +202,7 @@ _ABSORB_COLUMNS = (
     "base_seq",
     "lead",
     "meta_version",
+    "month",
 )
 _ABSORB_TYPES = (
     "varchar",
@@ -203,6 +218,7 @@ _ABSORB_TYPES = (
     "bigint",
     "integer",
     "bigint",
+    "integer",
 )
 # PostgreSQL: create a batch of sessions in one statement; RETURNING says which were new.
 _PG_CREATE_SESSIONS = sa.text(
@@ -211,11 +227,11 @@ _PG_CREATE_SESSIONS = sa.text(
     + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(_ABSORB_COLUMNS, _ABSORB_TYPES, strict=True))
     + ") AS u ON CONFLICT DO NOTHING RETURNING session_id"
 )
-_PG_COPY_MESSAGES = (
-    f"COPY {MESSAGES.name} (namespace, session_id, seq, created_ms, role, kind, payload, "
-    "content_text) FROM STDIN (FORMAT BINARY)"
-)
-_PG_COPY_TYPES = ("text", "text", "int8", "int8", "text", "text", "bytea", "text")
+_PG_COPY_MESSAGES = f"COPY {MESSAGES.name} {_PG_COLUMNS} FROM STDIN (FORMAT BINARY)"
+_PG_COPY_TYPES = ("text", "text", "int8", "int4", "int8", "text", "text", "bytea", "text")
+
+
+_RECEIPT = ", ".join(c.name for c in _RECEIPT_COLUMNS)
 
 
 def _pg_append_statement(with_ttl: bool, with_version: bool) -> sa.TextClause:
@@ -235,11 +251,11 @@ def _pg_append_statement(with_ttl: bool, with_version: bool) -> sa.TextClause:
         f"lead = CASE WHEN lead = message_count THEN lead + :batch_lead ELSE lead END{ttl} "
         "WHERE namespace = :ns AND session_id = :sid "
         f"AND (expires_ms IS NULL OR expires_ms > :now){version} "
-        "RETURNING version, next_seq, message_count, created_ms, updated_ms, expires_ms, ttl_ms), "
+        f"RETURNING {_RECEIPT}, month), "
         f"m AS (INSERT INTO {MESSAGES.name} {_PG_COLUMNS} "
-        "SELECT :ns, :sid, s.next_seq - :n + u.i, :now, u.role, u.kind, u.payload, u.text "
-        f"FROM s, {_PG_UNNEST}) "
-        "SELECT * FROM s"
+        "SELECT :ns, :sid, s.next_seq - :n + u.i, s.month, :now, u.role, u.kind, u.payload, "
+        f"u.text FROM s, {_PG_UNNEST}) "
+        f"SELECT {_RECEIPT} FROM s"
     )
 
 

@@ -13,6 +13,7 @@ from tieredstore.model import EMPTY_METADATA, FrozenDict
 from tieredstore.plans import Plan
 from tieredstore.policy import leading_system
 from tieredstore.tiers.archive.base import ArchiveBase, _Retry
+from tieredstore.tiers.archive.partitions import month_of
 from tieredstore.tiers.archive.rows import _arrays, _frozen, _kept, _trim
 from tieredstore.tiers.archive.statements import (
     _APPEND,
@@ -301,6 +302,7 @@ class ArchiveWrites(ArchiveBase):
                         "namespace": self.namespace,
                         "session_id": sid,
                         "created_ms": tombstone,
+                        "month": month_of(tombstone),
                         "next_seq": 0,
                         "base_seq": 0,
                         **values,
