@@ -229,6 +229,47 @@ def maintain_reconcile(as_json: bool, **kwargs: Any) -> None:
     _run_maintenance(reconcile, as_json, **kwargs)
 
 
+@maintain.command("retain")
+@click.option(
+    "--retention-days",
+    type=click.FloatRange(min=0, min_open=True),
+    envvar="TIEREDSTORE_RETENTION_DAYS",
+    required=True,
+    help="Keep sessions active within this many days (or TIEREDSTORE_RETENTION_DAYS).",
+)
+@_maintenance_options
+def maintain_retain(as_json: bool, **kwargs: Any) -> None:
+    """Delete archived sessions past retention: whole months first, the rest by batch.
+
+    Sessions on legal hold (metadata "legal_hold": true) are never deleted.
+    """
+    from tieredstore.maintenance import retain
+
+    _run_maintenance(retain, as_json, **kwargs)
+
+
+@maintain.command("partitions")
+@click.option(
+    "--ahead",
+    type=click.IntRange(0, 120),
+    envvar="TIEREDSTORE_PARTITIONS_AHEAD",
+    default=3,
+    show_default=True,
+    help="Months after this one to create partitions for.",
+)
+@click.option("--no-analyze", "analyze", flag_value=False, default=True,
+              help="Do not ANALYZE the archive tables afterwards.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def maintain_partitions(as_json: bool, ahead: int, analyze: bool) -> None:
+    """Create the archive's monthly partitions ahead of time and refresh its statistics."""
+    from tieredstore.maintenance import partitions
+
+    def task(store: Any, progress: Any, **kwargs: Any) -> Any:
+        return partitions(store, **kwargs)
+
+    _run_maintenance(task, as_json, ahead=ahead, analyze=analyze, batch_size=1)
+
+
 def _register_archive_commands() -> None:
     from tieredstore.cli_archive import register
 

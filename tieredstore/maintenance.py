@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from tieredstore.errors import InvalidInput
 from tieredstore.policy import plan_trim_bytes
 from tieredstore.tiers.archive import ArchiveCopy, PreparedCopies
+from tieredstore.tiers.archive.retention import HOLD_KEY
 from tieredstore.tiers.redis import Captured
 
 if TYPE_CHECKING:
@@ -55,7 +56,9 @@ __all__ = [
     "Progress",
     "archive_idle",
     "expire",
+    "partitions",
     "reconcile",
+    "retain",
     "trim",
 ]
 
@@ -76,8 +79,10 @@ class MaintenanceResult:
     ``changed``: sessions expired / archived / trimmed (in a dry run: that
     would be). ``skipped``: sessions left alone because they changed while
     being processed (a later run takes them). ``repaired``: Redis index
-    entries or TTLs fixed. ``messages``: messages archived or trimmed.
-    ``remaining``: work is left that a further call would do.
+    entries or TTLs fixed. ``messages``: messages archived, trimmed or
+    deleted by retention. ``partitions``: partitions dropped (``retain``) or
+    created (``partitions``). ``remaining``: work is left that a further
+    call would do.
     """
 
     task: str
@@ -90,6 +95,7 @@ class MaintenanceResult:
     remaining: bool = False
     dry_run: bool = False
     elapsed: float = 0.0
+    partitions: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,12 +135,20 @@ class MaintenanceSettings:
     trim_max_bytes: int | None = None
     trim_keep: bool | None = None
     parallel: int = 1
+    retention_days: float | None = None
+    retain_interval: float = 3600.0
+    partitions_interval: float = 86400.0
+    partitions_ahead: int = 3
 
     def __post_init__(self) -> None:
         if self.lock_ttl <= self.time_budget:
             raise InvalidInput("TIEREDSTORE_LOCK_TTL must exceed TIEREDSTORE_TIME_BUDGET")
         if not 1 <= self.parallel <= 64:
             raise InvalidInput(f"TIEREDSTORE_PARALLEL must be 1 to 64, got {self.parallel!r}")
+        if self.retention_days is not None and not self.retention_days > 0:
+            raise InvalidInput(
+                f"TIEREDSTORE_RETENTION_DAYS must be positive, got {self.retention_days!r}"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MaintenanceSettings:
@@ -156,6 +170,13 @@ class MaintenanceSettings:
             trim_max_bytes=_env_int(env, "TIEREDSTORE_TRIM_MAX_BYTES", None),
             trim_keep=_env_bool(env, "TIEREDSTORE_TRIM_KEEP"),
             parallel=_env_int(env, "TIEREDSTORE_PARALLEL", d.parallel) or d.parallel,
+            retention_days=_env_float(env, "TIEREDSTORE_RETENTION_DAYS", 0.0) or None,
+            retain_interval=_env_float(env, "TIEREDSTORE_RETAIN_INTERVAL", d.retain_interval),
+            partitions_interval=_env_float(
+                env, "TIEREDSTORE_PARTITIONS_INTERVAL", d.partitions_interval
+            ),
+            partitions_ahead=_env_int(env, "TIEREDSTORE_PARTITIONS_AHEAD", d.partitions_ahead)
+            or 0,
         )
 
 
@@ -181,6 +202,7 @@ class _Run:
     messages: int = 0
     batches: int = 0
     remaining: bool = False
+    partitions: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not 1 <= self.batch_size <= 100_000:
@@ -206,7 +228,7 @@ class _Run:
             task=self.task, scanned=self.scanned, changed=self.changed, skipped=self.skipped,
             repaired=self.repaired, messages=self.messages, batches=self.batches,
             remaining=self.remaining, dry_run=self.dry_run,
-            elapsed=round(time.monotonic() - self.started, 6),
+            elapsed=round(time.monotonic() - self.started, 6), partitions=self.partitions,
         )
         log.info("maintenance %s: %s", self.task, result.as_dict())
         return result
@@ -657,4 +679,85 @@ def reconcile(
             break
     else:
         run.remaining = True
+    return run.result()
+
+
+# -- retention and partitions --------------------------------------------------------------
+
+
+def retain(
+    store: TieredStore,
+    *,
+    retention_days: float | None,
+    batch_size: int = 500,
+    max_batches: int | None = 20,
+    time_budget: float | None = None,
+    dry_run: bool = False,
+    now: float | None = None,
+    progress: Progress | None = None,
+    hold_key: str = HOLD_KEY,
+) -> MaintenanceResult:
+    """Delete archived sessions whose last activity is older than ``retention_days``.
+
+    Whole months go first (PostgreSQL: a partition whose sessions are all
+    past retention is dropped; ``partitions`` counts them), then the rest in
+    batches of ``batch_size`` sessions, oldest activity first. Sessions on
+    legal hold (``metadata[hold_key] is True``) and sessions the Redis tier
+    holds alive are never deleted (``skipped`` counts those met). ``changed``
+    counts sessions deleted, ``messages`` their messages (in a dry run: that
+    would be). ``retention_days=None`` keeps everything.
+    """
+    run = _Run("retain", batch_size, max_batches, time_budget, dry_run, progress)
+    archive = store.archive
+    if archive is None or retention_days is None:
+        return run.result()
+    if isinstance(retention_days, bool) or not retention_days > 0:
+        raise InvalidInput(f"retention_days must be positive, got {retention_days!r}")
+    now_ms = _now_ms(now) or int(archive.clock() * 1000)
+    cutoff = now_ms - int(retention_days * 86_400_000)
+    hot = store.redis
+    live = (lambda ids: list(hot.live_expiry(ids))) if hot is not None else None
+    dropped: list[tuple[int, int]] = []
+    for partition in archive.partitions():
+        if not run.more():
+            run.remaining = True
+            return run.result()
+        month = archive.drop_month(partition, cutoff, live=live, hold_key=hold_key,
+                                   dry_run=dry_run)
+        if month is not None:
+            dropped.append((partition.low, partition.high))
+            run.partitions += 1
+            run.changed += month.sessions
+            run.messages += month.messages
+            run.batch_done(month.sessions)
+    after: tuple[int, str] | None = None
+    while run.more():
+        batch = archive.retain_batch(cutoff, batch_size=batch_size, after=after, live=live,
+                                     hold_key=hold_key, dry_run=dry_run, skip=dropped)
+        run.changed += batch.sessions
+        run.messages += batch.messages
+        run.skipped += batch.held + batch.live
+        run.batch_done(batch.seen)
+        if batch.seen < batch_size:
+            break
+        after = batch.after
+    else:
+        run.remaining = True
+    return run.result()
+
+
+def partitions(store: TieredStore, *, ahead: int = 3, analyze: bool = True) -> MaintenanceResult:
+    """Create the archive's partitions for this month and ``ahead`` more; ``ANALYZE`` it.
+
+    ``partitions`` counts the partitions created. Analysing keeps the
+    planner's statistics of the partitioned table (which autovacuum never
+    analyses) current. A no-op without a PostgreSQL archive.
+    """
+    run = _Run("partitions", 1, None, None, False, None)
+    archive = store.archive
+    if archive is not None:
+        run.partitions = len(archive.ensure_partitions(ahead))
+        if analyze:
+            archive.analyze()
+        run.batch_done(run.partitions)
     return run.result()

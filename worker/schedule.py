@@ -14,6 +14,8 @@ TASKS: dict[str, str] = {
     "tieredstore-archive-idle": "tieredstore.archive_idle",
     "tieredstore-trim": "tieredstore.trim",
     "tieredstore-reconcile": "tieredstore.reconcile",
+    "tieredstore-retain": "tieredstore.retain",
+    "tieredstore-partitions": "tieredstore.partitions",
 }
 """Beat entry name -> Celery task name."""
 
@@ -23,13 +25,17 @@ def beat_schedule(settings: MaintenanceSettings, queue: str) -> dict[str, dict[s
 
     A message not started within one interval expires unrun (the next tick
     sends another), so a stalled worker never comes back to a backlog.
+    ``retain`` is scheduled only when a retention period is set.
     """
     intervals = {
         "tieredstore-expire": settings.expire_interval,
         "tieredstore-archive-idle": settings.archive_interval,
         "tieredstore-trim": settings.trim_interval,
         "tieredstore-reconcile": settings.reconcile_interval,
+        "tieredstore-partitions": settings.partitions_interval,
     }
+    if settings.retention_days is not None:
+        intervals["tieredstore-retain"] = settings.retain_interval
     return {
         entry: {
             "task": TASKS[entry],

@@ -59,7 +59,9 @@ __all__ = [
     "Maintenance",
     "archive_idle",
     "expire",
+    "partitions",
     "reconcile",
+    "retain",
     "trim",
 ]
 
@@ -254,6 +256,28 @@ def archive_idle(self: Task, slot: int | None = None, chain: int = 0) -> dict[st
 def trim(self: Task, slot: int | None = None, chain: int = 0) -> dict[str, Any]:
     """Enforce the trim limits on hot and archived sessions (one bounded run)."""
     return run_task(self, "trim", context().settings.trim_interval, _trim, slot, chain)
+
+
+def _retain(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult:
+    return maintenance.retain(ctx.store, retention_days=ctx.settings.retention_days,
+                              **_limits(ctx, progress))
+
+
+@app.task(name="tieredstore.retain", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+def retain(self: Task, slot: int | None = None, chain: int = 0) -> dict[str, Any]:
+    """Delete archived sessions past ``TIEREDSTORE_RETENTION_DAYS`` (one bounded run)."""
+    return run_task(self, "retain", context().settings.retain_interval, _retain, slot, chain)
+
+
+def _partitions(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult:
+    return maintenance.partitions(ctx.store, ahead=ctx.settings.partitions_ahead)
+
+
+@app.task(name="tieredstore.partitions", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+def partitions(self: Task, slot: int | None = None, chain: int = 0) -> dict[str, Any]:
+    """Create the archive's partitions ``TIEREDSTORE_PARTITIONS_AHEAD`` months ahead; analyse."""
+    return run_task(self, "partitions", context().settings.partitions_interval, _partitions,
+                    slot, chain)
 
 
 def _reconcile(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult:

@@ -16,7 +16,9 @@ from tieredstore.errors import InvalidInput
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.plans import Plan, arun
 from tieredstore.tiers.archive.engines import create_async_engine
+from tieredstore.tiers.archive.partitions import PartitionRange
 from tieredstore.tiers.archive.records import ArchiveCopy, PreparedCopies, Reconciled
+from tieredstore.tiers.archive.retention import HOLD_KEY, DroppedMonth, Live, RetainBatch
 from tieredstore.tiers.archive.shared import ArchiveShared
 from tieredstore.tiers.transfer import DEFAULT_TOMBSTONE_TTL, HistoryPart
 from tieredstore.timeouts import ArchiveTimeouts, db_failure
@@ -266,6 +268,52 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
     async def absorb_many(self, copies: Sequence[ArchiveCopy] | PreparedCopies) -> list[bool]:
         """See :meth:`ArchiveStore.absorb_many` (new sessions by ``INSERT``, not ``COPY``)."""
         return await self._drive(self._plan_absorb_many(copies))
+
+    # -- partitions and retention -----------------------------------------------------
+
+    async def partitions(self) -> list[PartitionRange]:
+        """See :meth:`ArchiveStore.partitions`."""
+        return await self._drive(self._plan_partitions())
+
+    async def ensure_partitions(self, ahead: int = 3) -> list[str]:
+        """See :meth:`ArchiveStore.ensure_partitions`."""
+        return await self._drive(self._plan_ensure_ahead(ahead))
+
+    async def analyze(self) -> None:
+        """See :meth:`ArchiveStore.analyze`."""
+        await self._drive(self._plan_analyze())
+
+    async def drop_month(
+        self,
+        partition: PartitionRange,
+        cutoff_ms: int,
+        *,
+        live: Live | None = None,
+        hold_key: str = HOLD_KEY,
+        dry_run: bool = False,
+    ) -> DroppedMonth | None:
+        """See :meth:`ArchiveStore.drop_month` (``live`` must not block)."""
+        return await self._drive(
+            self._plan_drop_month(partition, cutoff_ms, live=live, hold_key=hold_key,
+                                  dry_run=dry_run)
+        )
+
+    async def retain_batch(
+        self,
+        cutoff_ms: int,
+        *,
+        batch_size: int = 500,
+        after: tuple[int, str] | None = None,
+        live: Live | None = None,
+        hold_key: str = HOLD_KEY,
+        dry_run: bool = False,
+        skip: Sequence[tuple[int, int]] = (),
+    ) -> RetainBatch:
+        """See :meth:`ArchiveStore.retain_batch` (``live`` must not block)."""
+        return await self._drive(
+            self._plan_retain_batch(cutoff_ms, batch_size=batch_size, after=after, live=live,
+                                    hold_key=hold_key, dry_run=dry_run, skip=skip)
+        )
 
     async def purge_expired(
         self,

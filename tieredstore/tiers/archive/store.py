@@ -15,7 +15,9 @@ from tieredstore.errors import InvalidInput
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.plans import Plan, run
 from tieredstore.tiers.archive.engines import create_engine
+from tieredstore.tiers.archive.partitions import PartitionRange
 from tieredstore.tiers.archive.records import ArchiveCopy, PreparedCopies, Reconciled
+from tieredstore.tiers.archive.retention import HOLD_KEY, DroppedMonth, Live, RetainBatch
 from tieredstore.tiers.archive.shared import ArchiveShared
 from tieredstore.tiers.transfer import DEFAULT_TOMBSTONE_TTL, HistoryPart
 from tieredstore.timeouts import ArchiveTimeouts, db_failure
@@ -320,6 +322,53 @@ class ArchiveStore(ArchiveShared, BaseStore):
         if the archive holds a newer incarnation.
         """
         return self._drive(self._plan_absorb_many(copies))
+
+    # -- partitions and retention -----------------------------------------------------
+
+    def partitions(self) -> list[PartitionRange]:
+        """The monthly partitions of the messages table, oldest first (PostgreSQL; else empty)."""
+        return self._drive(self._plan_partitions())
+
+    def ensure_partitions(self, ahead: int = 3) -> list[str]:
+        """Create (and analyse) partitions for this month and ``ahead`` more; the new names."""
+        return self._drive(self._plan_ensure_ahead(ahead))
+
+    def analyze(self) -> None:
+        """``ANALYZE`` the archive's tables, the partitioned parent included (PostgreSQL)."""
+        self._drive(self._plan_analyze())
+
+    def drop_month(
+        self,
+        partition: PartitionRange,
+        cutoff_ms: int,
+        *,
+        live: Live | None = None,
+        hold_key: str = HOLD_KEY,
+        dry_run: bool = False,
+    ) -> DroppedMonth | None:
+        """Drop ``partition`` whole if every session in it is past retention (see
+        :mod:`tieredstore.tiers.archive.retention`); ``None`` if it must stay."""
+        return self._drive(
+            self._plan_drop_month(partition, cutoff_ms, live=live, hold_key=hold_key,
+                                  dry_run=dry_run)
+        )
+
+    def retain_batch(
+        self,
+        cutoff_ms: int,
+        *,
+        batch_size: int = 500,
+        after: tuple[int, str] | None = None,
+        live: Live | None = None,
+        hold_key: str = HOLD_KEY,
+        dry_run: bool = False,
+        skip: Sequence[tuple[int, int]] = (),
+    ) -> RetainBatch:
+        """Delete up to ``batch_size`` sessions whose last activity is before ``cutoff_ms``."""
+        return self._drive(
+            self._plan_retain_batch(cutoff_ms, batch_size=batch_size, after=after, live=live,
+                                    hold_key=hold_key, dry_run=dry_run, skip=skip)
+        )
 
     # -- maintenance ----------------------------------------------------------------
 
