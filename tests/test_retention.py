@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,9 @@ from tieredstore.store import TieredStore
 from tieredstore.tiers.archive import ArchiveStore
 from tieredstore.tiers.archive.partitions import month_of, partition_name
 
-JAN = datetime(2025, 1, 15, tzinfo=timezone.utc).timestamp()
-FEB = datetime(2025, 2, 15, tzinfo=timezone.utc).timestamp()
-JUN = datetime(2025, 6, 15, tzinfo=timezone.utc).timestamp()
+JAN = datetime(2025, 1, 15, tzinfo=UTC).timestamp()
+FEB = datetime(2025, 2, 15, tzinfo=UTC).timestamp()
+JUN = datetime(2025, 6, 15, tzinfo=UTC).timestamp()
 DAY = 86_400.0
 
 
@@ -117,7 +117,7 @@ def test_months_come_from_the_generation_time_and_partitions_exist(
 def test_a_write_into_a_month_without_a_partition_succeeds(
         make: Callable[..., ArchiveStore], clock: FakeClock, engine: sa.Engine) -> None:
     store = make()
-    clock.now = datetime(2031, 5, 2, tzinfo=timezone.utc).timestamp()
+    clock.now = datetime(2031, 5, 2, tzinfo=UTC).timestamp()
     assert partition_name(203105) not in _names(store)
     store.save("future", _msgs("future", 3))
     store.append("future", Message("assistant", "still there"))
@@ -139,7 +139,7 @@ def test_a_write_into_a_month_without_a_partition_succeeds(
 
 def test_partitions_are_made_ahead_once_even_by_racing_workers(
         make: Callable[..., ArchiveStore], clock: FakeClock, engine: sa.Engine) -> None:
-    clock.now = datetime(2030, 11, 20, tzinfo=timezone.utc).timestamp()
+    clock.now = datetime(2030, 11, 20, tzinfo=UTC).timestamp()
     stores = [make() for _ in range(4)]
     created: list[list[str]] = []
     barrier = threading.Barrier(len(stores))
@@ -267,7 +267,8 @@ def test_appends_racing_a_drop_are_never_lost(
         acked: list[str] = []
         stop = threading.Event()
 
-        def writer(sid: str = sid, acked: list[str] = acked) -> None:
+        def writer(sid: str = sid, acked: list[str] = acked,
+                   stop: threading.Event = stop) -> None:
             n = 0
             while not stop.is_set() and n < 200:
                 text = f"late {n}"
