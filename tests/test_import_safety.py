@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import sessions as SESSIONS
 from tieredstore.store import TieredStore
 from tieredstore.tiers.archive import ArchiveStore
+from tieredstore.tiers.archive.partitions import month_of
 
 MiB = 2**20
 
@@ -379,15 +381,18 @@ def test_erase_removes_sessions_whose_stored_ids_are_odd(env: Env, redis_client:
     odd = ["odd id", "{tagged}", "x" * 300]
     rows = [(sid, "legacy") for sid in odd] + [("s-1", "legacy user")]
     payload = orjson.dumps({"role": "user", "content": "old"})
+    born = int(time.time() * 1000)  # this month: its partition exists (PostgreSQL)
     with env.engine.begin() as conn:
         for sid, user in rows:
             conn.execute(SESSIONS.insert(), {
                 "namespace": namespace, "session_id": sid, "user_id": user, "metadata": {},
-                "created_ms": 1, "updated_ms": 2, "expires_ms": None, "ttl_ms": None,
-                "version": 1, "message_count": 1, "next_seq": 1, "base_seq": 0, "lead": 0})
+                "created_ms": born, "updated_ms": born + 1, "expires_ms": None, "ttl_ms": None,
+                "version": 1, "message_count": 1, "next_seq": 1, "base_seq": 0, "lead": 0,
+                "month": month_of(born)})
             conn.execute(MESSAGES.insert(), {
-                "namespace": namespace, "session_id": sid, "seq": 0, "created_ms": 1,
-                "role": "user", "kind": "m", "payload": payload, "content_text": "old"})
+                "namespace": namespace, "session_id": sid, "seq": 0, "created_ms": born,
+                "month": month_of(born), "role": "user", "kind": "m", "payload": payload,
+                "content_text": "old"})
     try:
         store.save("fine-1", [Message("user", "new")], user_id="legacy")
         store.save("keep", [Message("user", "not legacy")], user_id="other")
