@@ -3,9 +3,10 @@
 Conversations in a support domain: ``PER_SESSION`` messages on average,
 sessions created over the last ``MONTHS`` months (so spread over that many
 partitions), ``SESSIONS_PER_USER`` sessions a user. Message text draws words
-from a Zipf distribution over a vocabulary whose top ranks are real words
-(``please`` is in nearly every message, ``warranty`` in a few percent) and
-whose tail is synthetic; a few planted words are rare (about ten per
+from a Zipf distribution over a vocabulary whose top ranks are English
+stop words (about half the tokens, as in English) with a few real words of
+the domain among them (``please`` is in most messages), then more real
+words (``warranty`` is in a few percent), and a synthetic tail; a few planted words are rare (about ten per
 million messages), and the phrase "refund policy" is planted in 0.5 % of
 messages. Payloads average about 350 bytes, as in the archive the issue
 measured.
@@ -36,7 +37,20 @@ PER_SESSION = 15
 SESSIONS_PER_USER = 25
 MONTHS = 12
 DAY_MS = 86_400_000
-#: Real words at the top of the Zipf ranking, in rank order (rank 1 first).
+#: PostgreSQL's English stop words, most frequent first: the commonest tokens of real
+#: text (about half of all tokens), which full-text search does not index.
+STOPWORDS = (
+    "the to and i a you of is it for my that in this on your me with can be have we not was "
+    "do are if at so but will just what all there they about as from or how an up out no "
+    "when which some would our been has had more he she his her them their then than very "
+    "were any here why who its into over only also other these those each both few most own "
+    "same such too s t don should now did does doing being am him himself herself hers "
+    "myself ourselves ours yours yourself yourselves itself themselves theirs whom what by "
+    "with against between through during before after above below down off under again "
+    "further once where nor while until because"
+).split()
+#: Real words of the domain: the first ten are spread among the stop words (one
+#: rank in eight), the rest follow them, in rank order.
 COMMON = [
     "please", "order", "account", "help", "thanks", "issue", "payment", "refund", "customer",
     "email", "support", "delivery", "charge", "update", "product", "invoice", "address",
@@ -66,7 +80,13 @@ class Filled:
 
 
 def vocabulary(rng: random.Random, size: int = 30_000) -> list[str]:
-    words: list[str] = list(COMMON)
+    stop = list(dict.fromkeys(STOPWORDS))
+    words: list[str] = []
+    for i, word in enumerate(stop):
+        if i % 7 == 6 and i // 7 < 10:
+            words.append(COMMON[i // 7])
+        words.append(word)
+    words += [w for w in COMMON if w not in words]
     seen = set(words) | set(RARE)
     while len(words) < size:
         word = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4)))
@@ -135,21 +155,22 @@ def fill(engine: sa.Engine, total: int, *, seed: int = 7, now_ms: int | None = N
         choices, randint, random_ = rng.choices, rng.randint, rng.random
         with cursor.copy(
             f"COPY {MESSAGES} (namespace, session_id, seq, month, created_ms, role, kind, "
-            "payload) FROM STDIN (FORMAT BINARY)"
+            "payload, content_text) FROM STDIN (FORMAT BINARY)"
         ) as copy:
-            copy.set_types(("text", "text", "int8", "int4", "int8", "text", "text", "bytea"))
+            copy.set_types(("text", "text", "int8", "int4", "int8", "text", "text", "bytea",
+                            "text"))
             for sid, _user, created, n in sessions:
                 month = month_of(created)
                 for seq in range(n):
                     role = "user" if seq % 2 == 0 else "assistant"
-                    drawn = choices(words, cum_weights=cum, k=randint(34, 50))
+                    drawn = choices(words, cum_weights=cum, k=randint(44, 64))
                     if random_() < 1 / PHRASE_EVERY:
                         drawn.insert(randint(0, len(drawn)), PHRASE)
                     if random_() < len(RARE) / RARE_EVERY:
                         drawn.insert(randint(0, len(drawn)), rng.choice(RARE))
                     message = {"role": role, "content": " ".join(drawn)}
                     copy.write_row((NAMESPACE, sid, seq, month, created + seq * 90_000, role,
-                                    message_kind(message), orjson.dumps(message)))
+                                    message_kind(message), orjson.dumps(message), ""))
         raw.commit()
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text("SET maintenance_work_mem = '1GB'"))

@@ -152,7 +152,7 @@ def test_search_text_is_the_plain_text_and_stored_only_when_needed(store: Archiv
     assert [r[0] for r in rows] == ["plain  text", "one\ntwo", None, "a \\u0000 b"]
     stored = [r[1] for r in rows]
     if pg:
-        assert stored == ["plain  text", None, None, "a \\u0000 b"]
+        assert stored == ["plain  text", "", "", "a \\u0000 b"]
     else:
         assert stored == [r[0] for r in rows]
 

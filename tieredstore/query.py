@@ -80,16 +80,14 @@ from tieredstore.query_results import (
     SessionPage,
     SessionSummary,
 )
+from tieredstore.query_search import Search, SearchRows, run_pg
 from tieredstore.query_text import (
     headline_word,
     index_language,
     make_snippet,
-    order_time,
     parse_terms,
-    pg_text,
     pg_tsquery,
     pg_tsquery_sql,
-    pg_tsvector,
     sqlite_metadata_clause,
     sqlite_text_clauses,
 )
@@ -173,6 +171,8 @@ class ArchiveQuery:
         self._language = language
         self.clock = clock
         self._months: set[int] = set()  # partitions known to exist
+        #: The plan the last PostgreSQL search ran (see :mod:`tieredstore.query_search`).
+        self.last_plan: str | None = None
 
     def close(self) -> None:
         if self._owns_engine:
@@ -237,73 +237,97 @@ class ArchiveQuery:
         ``text`` the snippet is the start of the message text.
         """
         limit = _check_limit(limit)
-        conds: list[sa.ColumnElement[bool]] = [
-            _M.namespace == self.namespace,
-            self._live(include_expired),
-        ]
-        tsquery: sa.ColumnElement[Any] | None = None
-        terms: list[list[tuple[bool, str]]] = []
-        if text is not None and text.strip():
-            if self._pg:
-                tsquery = pg_tsquery(self.language(), text)
-                conds.append(pg_tsvector(self.language()).op("@@")(tsquery))
-            else:
-                terms = parse_terms(text)
-                conds.extend(sqlite_text_clauses(terms))
-        if user_id is not None:
-            conds.append(_S.user_id == user_id)
-        if metadata:
-            conds.extend(self._metadata_filter(metadata))
-        if role is not None:
-            conds.append(_M.role == role)
-        if since is not None:
-            conds.append(_M.created_ms >= _to_ms(since))
-        if until is not None:
-            conds.append(_M.created_ms < _to_ms(until))
-        if session_ids is not None:
-            conds.append(_M.session_id.in_(list(session_ids)))
+        live = self._live(include_expired)
+        meta = self._metadata_filter(metadata or {})
+        since_ms = _to_ms(since) if since is not None else None
+        until_ms = _to_ms(until) if until is not None else None
+        ids = list(session_ids) if session_ids is not None else None
+
+        def window(m: Any) -> list[sa.ColumnElement[bool]]:
+            """Conditions on message columns alone (a time walk's window takes them)."""
+            conds: list[sa.ColumnElement[bool]] = []
+            if since_ms is not None:
+                conds.append(m.created_ms >= since_ms)
+            if until_ms is not None:
+                conds.append(m.created_ms < until_ms)
+            if ids is not None:
+                conds.append(m.session_id.in_(ids))
+            return conds
+
+        def filters(m: Any) -> list[sa.ColumnElement[bool]]:
+            conds = [live, *meta, *window(m)]
+            if user_id is not None:
+                conds.append(_S.user_id == user_id)
+            if role is not None:
+                conds.append(m.role == role)
+            return conds
+
+        key: tuple[int, str, int] | None = None
         if cursor is not None:
             c_ms, c_sid, c_seq = _decode_cursor(cursor, 3)
-            conds.append(sa.tuple_(_M.created_ms, _M.session_id, _M.seq)
-                         < sa.tuple_(sa.literal(c_ms), sa.literal(c_sid), sa.literal(c_seq)))
-        inner = (
-            sa.select(_M.session_id, _M.seq, _M.created_ms, _M.role, _S.user_id,
-                      (pg_text() if self._pg else _M.content_text).label("content_text"))
-            .select_from(MESSAGES.join(SESSIONS, sa.and_(
-                _S.namespace == _M.namespace, _S.session_id == _M.session_id)))
-            .where(*conds)
-            .order_by(order_time(tsquery is not None).desc(), _M.session_id.desc(),
-                      _M.seq.desc())
-            .limit(limit + 1)
-        )
-        if tsquery is not None:
-            sub = inner.subquery()
-            options = (f"StartSel={headline_word(highlight[0])}, "
-                       f"StopSel={headline_word(highlight[1])}, "
-                       "MaxWords=30, MinWords=10, MaxFragments=2, FragmentDelimiter=\" … \"")
-            snippet = sa.func.ts_headline(
-                sa.literal_column(f"'{self.language()}'::regconfig"),
-                sa.func.coalesce(sub.c.content_text, ""), tsquery, options)
-            stmt: sa.Select[Any] = sa.select(
-                sub.c.session_id, sub.c.seq, sub.c.created_ms, sub.c.role, sub.c.user_id,
-                snippet.label("snippet"),
-            ).order_by(sub.c.created_ms.desc(), sub.c.session_id.desc(), sub.c.seq.desc())
+            key = (c_ms, c_sid, c_seq)
+        has_text = text is not None and bool(text.strip())
+        if self._pg:
+            found = self._search_pg(text if has_text else None, limit, filters, window, key,
+                                    selective=user_id is not None or ids is not None,
+                                    highlight=highlight)
+            rows, resume = found.rows, found.resume
         else:
-            stmt = inner
-        rows = self._run(lambda conn: conn.execute(stmt).all())
-        hits = []
-        for row in rows[:limit]:
-            if tsquery is not None:
-                snippet_text = row.snippet
-            else:
-                snippet_text = make_snippet(row.content_text or "", terms, highlight)
-            hits.append(SearchHit(row.session_id, int(row.seq), int(row.created_ms), row.role,
-                                  row.user_id, snippet_text))
+            terms = parse_terms(text) if has_text and text is not None else []
+            conds = [_M.namespace == self.namespace, *filters(_M),
+                     *sqlite_text_clauses(terms)]
+            if key is not None:
+                conds.append(sa.tuple_(_M.created_ms, _M.session_id, _M.seq)
+                             < sa.tuple_(*(sa.literal(v) for v in key)))
+            stmt = (
+                sa.select(_M.session_id, _M.seq, _M.created_ms, _M.role, _S.user_id,
+                          _M.content_text)
+                .select_from(MESSAGES.join(SESSIONS, sa.and_(
+                    _S.namespace == _M.namespace, _S.session_id == _M.session_id)))
+                .where(*conds)
+                .order_by(_M.created_ms.desc(), _M.session_id.desc(), _M.seq.desc())
+                .limit(limit + 1)
+            )
+            rows = [
+                (r.session_id, r.seq, r.created_ms, r.role, r.user_id,
+                 make_snippet(r.content_text or "", terms, highlight))
+                for r in self._run(lambda conn: conn.execute(stmt).all())
+            ]
+            resume = None
+        hits = [SearchHit(sid, int(seq), int(ms), role_, user, snippet)
+                for sid, seq, ms, role_, user, snippet in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = hits[-1]
             next_cursor = _encode_cursor(last.created_ms, last.session_id, last.seq)
+        elif resume is not None:  # the walk ran out of budget: resume where it stopped
+            next_cursor = _encode_cursor(*resume)
         return SearchPage(hits, next_cursor)
+
+    def _search_pg(
+        self,
+        text: str | None,
+        limit: int,
+        filters: Any,
+        window: Any,
+        cursor: tuple[int, str, int] | None,
+        *,
+        selective: bool,
+        highlight: tuple[str, str],
+    ) -> SearchRows:
+        options = (f"StartSel={headline_word(highlight[0])}, "
+                   f"StopSel={headline_word(highlight[1])}, "
+                   "MaxWords=30, MinWords=10, MaxFragments=2, FragmentDelimiter=\" … \"")
+        language = self.language()
+        spec = Search(
+            namespace=self.namespace, limit=limit, language=language,
+            tsquery=pg_tsquery(language, text) if text is not None else None,
+            filters=filters, window=window, selective=selective, cursor=cursor,
+            headline=options,
+        )
+        found = self._run(lambda conn: run_pg(conn, spec))
+        self.last_plan = found.plan
+        return SearchRows([tuple(r) for r in found.rows], found.plan, found.resume)
 
     def search_all(self, text: str | None = None, **filters: Any) -> Iterator[SearchHit]:
         """Every hit of :meth:`search`, page after page."""
@@ -599,7 +623,7 @@ class ArchiveQuery:
                 copy.set_types(("text", "text", "int8", "int4", "int8", "text", "text", "bytea",
                                 "text"))
                 for row in rows:  # the text is read from the payload, unless it can't be
-                    copy.write_row(row if _NUL_ESCAPE in row[7] else (*row[:8], None))
+                    copy.write_row(row if _NUL_ESCAPE in row[7] else (*row[:8], ""))
         except conn.dialect.loaded_dbapi.Error as exc:  # the raw cursor: not translated by SA
             raise translate_error(self.engine, exc) from exc
 

@@ -22,12 +22,10 @@ __all__ = [
     "headline_word",
     "index_language",
     "make_snippet",
-    "order_time",
     "parse_terms",
-    "pg_text",
     "pg_tsquery",
     "pg_tsquery_sql",
-    "pg_tsvector",
+    "pg_tsvector_of",
     "sqlite_metadata_clause",
     "sqlite_text_clauses",
 ]
@@ -50,27 +48,12 @@ def index_language(conn: sa.Connection) -> str:
     return DEFAULT_FTS_LANGUAGE
 
 
-def order_time(full_text: bool) -> sa.ColumnElement[int]:
-    """The time sort key; ``created_ms + 0`` with full-text search on PostgreSQL.
-
-    Sorting by an expression keeps the planner off the time index for text
-    queries: walking it newest first would compute ``to_tsvector`` for every
-    row it filters (seconds on a million rows when matches are rare). The GIN
-    index then always drives, and a query costs in proportion to its matches.
-    """
-    return _M.created_ms + 0 if full_text else _M.created_ms
-
-
-def pg_text() -> sa.ColumnElement[str]:
-    """A message row's search text on PostgreSQL (the expression the FTS index is built on)."""
-    text: sa.ColumnElement[str] = getattr(sa.func, MESSAGE_TEXT_FUNCTION)(
-        _M.payload, _M.content_text, type_=sa.Text()
+def pg_tsvector_of(language: str, columns: Any) -> sa.ColumnElement[Any]:
+    """The indexed tsvector of the message rows ``columns`` (the table's or a subquery's)."""
+    text = getattr(sa.func, MESSAGE_TEXT_FUNCTION)(
+        columns.payload, columns.content_text, type_=sa.Text()
     )
-    return text
-
-
-def pg_tsvector(language: str) -> sa.ColumnElement[Any]:
-    return sa.func.to_tsvector(sa.literal_column(f"'{language}'::regconfig"), pg_text())
+    return sa.func.to_tsvector(sa.literal_column(f"'{language}'::regconfig"), text)
 
 
 def split_prefix(text: str) -> tuple[str, list[str]]:

@@ -126,14 +126,15 @@ sessions = sa.Table(
 messages = sa.Table(
     MESSAGES,
     metadata,
-    sa.Column("namespace", IdType, nullable=False),
-    sa.Column("session_id", IdType, nullable=False),
+    # Fixed-width columns first: no alignment padding between them (lean rows).
     sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("created_ms", sa.BigInteger(), nullable=False),
     # The session's ``month``: all of a session's rows are in one partition.
     sa.Column("month", sa.Integer(), nullable=False),
-    sa.Column("created_ms", sa.BigInteger(), nullable=False),
-    sa.Column("role", sa.String(), nullable=False),
+    sa.Column("namespace", IdType, nullable=False),
+    sa.Column("session_id", IdType, nullable=False),
     sa.Column("kind", sa.String(1), nullable=False),
+    sa.Column("role", sa.String(), nullable=False),
     sa.Column("payload", sa.LargeBinary(), nullable=False),
     # SQLite: the search text of every row. PostgreSQL: NULL (the text is read
     # from the payload) unless the payload escapes U+0000, which JSONB rejects.

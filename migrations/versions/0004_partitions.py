@@ -16,8 +16,10 @@ Create Date: 2026-12-01
   would otherwise cascade row by row).
 * Lean rows on PostgreSQL: the search index reads each message's text out
   of its payload through the function ``tieredstore_message_text(payload,
-  content_text)``, so ``content_text`` is stored only for the rare payload
-  that escapes U+0000 (JSONB rejects it). SQLite keeps the text in every row.
+  content_text)``, so ``content_text`` holds the text only for the rare
+  payload that escapes U+0000 (JSONB rejects it) and is empty otherwise (an
+  empty string costs a byte, a NULL the row's null bitmap). SQLite keeps
+  the text in every row.
 
 The migration copies every message row into the new table in one pass,
 checks that the counts agree before the old table is dropped, builds the
@@ -58,8 +60,7 @@ _TEXT_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION tieredstore_message_text(payload bytea, stored text)
 RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 SELECT CASE
-  WHEN stored IS NOT NULL THEN stored
-  WHEN position({_NUL_ESCAPE} IN payload) > 0 THEN NULL
+  WHEN position({_NUL_ESCAPE} IN payload) > 0 THEN stored
   ELSE (
     SELECT CASE jsonb_typeof(c)
       WHEN 'string' THEN c #>> '{{}}'
@@ -104,11 +105,12 @@ def upgrade() -> None:
     op.execute(f"ALTER TABLE {_OLD} RENAME CONSTRAINT pk_tieredstore_messages TO pk_{_OLD}")
     op.drop_index(_FTS, table_name=_OLD)
     op.drop_index("ix_tieredstore_messages_created", table_name=_OLD)
+    # fixed-width columns first, so no row pays alignment padding between them
     op.execute(
         f"CREATE TABLE {_MESSAGES} ("
+        "seq BIGINT NOT NULL, created_ms BIGINT NOT NULL, month INTEGER NOT NULL, "
         'namespace VARCHAR COLLATE "C" NOT NULL, session_id VARCHAR COLLATE "C" NOT NULL, '
-        "seq BIGINT NOT NULL, month INTEGER NOT NULL, created_ms BIGINT NOT NULL, "
-        "role VARCHAR NOT NULL, kind VARCHAR(1) NOT NULL, payload BYTEA NOT NULL, "
+        "kind VARCHAR(1) NOT NULL, role VARCHAR NOT NULL, payload BYTEA NOT NULL, "
         "content_text TEXT) PARTITION BY RANGE (month)"
     )
     months = bind.execute(
@@ -135,7 +137,7 @@ def upgrade() -> None:
             "kind, payload, content_text) "
             "SELECT m.namespace, m.session_id, m.seq, s.month, m.created_ms, m.role, m.kind, "
             f"m.payload, CASE WHEN position({_NUL_ESCAPE} IN m.payload) > 0 "
-            f"THEN m.content_text END FROM {_OLD} m JOIN {_SESSIONS} s "
+            f"THEN m.content_text ELSE '' END FROM {_OLD} m JOIN {_SESSIONS} s "
             "ON s.namespace = m.namespace AND s.session_id = m.session_id"
         )
     ).rowcount

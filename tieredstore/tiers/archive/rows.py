@@ -44,8 +44,10 @@ def _stored_text(message: Mapping[str, Any], payload: bytes) -> str | None:
 
     The search index reads the text out of the payload as JSONB, which
     rejects an escaped U+0000; such rows (and only they) store their text.
+    The others store ``""``: a byte, where a NULL would cost the row a null
+    bitmap.
     """
-    return _content_text(message) if _NUL_ESCAPE in payload else None
+    return _content_text(message) if _NUL_ESCAPE in payload else ""
 
 
 def _no_nul(text: str) -> str:

@@ -106,7 +106,8 @@ _DELETE_MESSAGES_BEFORE = sa.delete(MESSAGES).where(_MKEY, _M.seq < sa.bindparam
 # The month of the session messages are written for (all its rows share it).
 _SESSION_MONTH = sa.select(_S.month).where(_KEY)
 _COPY_MESSAGES = MESSAGES.insert().from_select(
-    [c.name for c in MESSAGES.columns],
+    ["namespace", "session_id", "seq", "month", "created_ms", "role", "kind", "payload",
+     "content_text"],
     sa.select(
         _M.namespace,
         sa.bindparam("dst", type_=_M.session_id.type),
