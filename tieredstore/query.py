@@ -254,10 +254,12 @@ class ArchiveQuery:
                 conds.append(m.session_id.in_(ids))
             return conds
 
+        def scope(s: Any) -> list[sa.ColumnElement[bool]]:
+            """The sessions a user filter selects (none: every session)."""
+            return [s.user_id == user_id] if user_id is not None else []
+
         def filters(m: Any) -> list[sa.ColumnElement[bool]]:
-            conds = [live, *meta, *window(m)]
-            if user_id is not None:
-                conds.append(_S.user_id == user_id)
+            conds = [live, *meta, *window(m), *scope(_S)]
             if role is not None:
                 conds.append(m.role == role)
             return conds
@@ -268,9 +270,8 @@ class ArchiveQuery:
             key = (c_ms, c_sid, c_seq)
         has_text = text is not None and bool(text.strip())
         if self._pg:
-            found = self._search_pg(text if has_text else None, limit, filters, window, key,
-                                    selective=user_id is not None or ids is not None,
-                                    highlight=highlight)
+            found = self._search_pg(text if has_text else None, limit, filters, window, scope,
+                                    ids, key, highlight=highlight)
             rows, resume = found.rows, found.resume
         else:
             terms = parse_terms(text) if has_text and text is not None else []
@@ -310,9 +311,10 @@ class ArchiveQuery:
         limit: int,
         filters: Any,
         window: Any,
+        scope: Any,
+        session_ids: list[str] | None,
         cursor: tuple[int, str, int] | None,
         *,
-        selective: bool,
         highlight: tuple[str, str],
     ) -> SearchRows:
         options = (f"StartSel={headline_word(highlight[0])}, "
@@ -322,7 +324,7 @@ class ArchiveQuery:
         spec = Search(
             namespace=self.namespace, limit=limit, language=language,
             tsquery=pg_tsquery(language, text) if text is not None else None,
-            filters=filters, window=window, selective=selective, cursor=cursor,
+            filters=filters, window=window, scope=scope, session_ids=session_ids, cursor=cursor,
             headline=options,
         )
         found = self._run(lambda conn: run_pg(conn, spec))

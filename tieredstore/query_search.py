@@ -7,22 +7,28 @@ index and sorting them costs in proportion to the matches (fine for a rare
 word, seconds for a common one), walking the time index newest first and
 testing each row costs in proportion to the rows read per hit (fine for a
 common word, a full scan for a rare one). So a search asks the planner how
-many rows the text matches and picks one of three plans:
+many rows the text matches and picks the cheapest of three plans by a cost
+model (:func:`choose`) in microseconds of work per row:
 
-* ``index`` (at most :data:`FEW_MATCHES` estimated): one statement, the
-  full-text index drives, matches are sorted;
-* ``partitions`` (more, but under :data:`COMMON_SHARE` of the rows): the
-  same, one partition at a time, newest first, stopping once the page is
-  full and no partition left can hold a newer message (each knows its
-  newest message: one index probe);
-* ``walk`` (common text, or no text): the time index newest first, reading
-  at most :data:`SCAN_BUDGET` rows for the page. When the budget runs out
-  first, the page holds the hits found so far, possibly none, and its
-  cursor resumes the walk where it stopped: a page is bounded in time, and
+* ``index``: one statement, the full-text index drives, every match is
+  fetched and sorted;
+* ``partitions``: the same, one partition at a time, newest first, stopping
+  once the page is full and no partition left can hold a newer message
+  (each knows its newest message: one index probe);
+* ``walk``: the time index newest first, testing each row, reading at most
+  :data:`SCAN_BUDGET` rows for the page. When the budget runs out first,
+  the page holds the hits found so far, possibly none, and its cursor
+  resumes the walk where it stopped: a page is bounded in time, and
   following the cursors still yields every hit exactly once.
 
-A filter by user or by session ids is selective by itself: one statement,
-and the planner starts from those sessions.
+A phrase (``"a b"``) costs the index plans a text test per match (the index
+knows which rows hold the words, not where), which is what a walk pays per
+row read. No text, or only filters on message columns: a walk.
+
+A filter by user or by session ids scopes the search to those sessions.
+When they hold few messages (:data:`SCOPE_ROWS`), a ``scoped`` walk over
+them alone competes with the index: the sessions' messages are sorted
+newest first and at most :data:`SCAN_BUDGET` of them tested.
 """
 
 from __future__ import annotations
@@ -39,14 +45,18 @@ from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import sessions as SESSIONS
 from tieredstore.tiers.archive import partitions
 
-__all__ = ["COMMON_SHARE", "FEW_MATCHES", "SCAN_BUDGET", "Search", "SearchRows", "run_pg"]
+__all__ = ["SCAN_BUDGET", "Search", "SearchRows", "choose", "run_pg"]
 
-#: Estimated matches up to which one index-driven statement is best.
-FEW_MATCHES = 2_000
-#: Share of the rows from which text counts as common (walk the time index).
-COMMON_SHARE = 0.02
 #: Rows a page's time walk reads at most.
 SCAN_BUDGET = 1_500
+#: Microseconds, roughly, to test one row's text (parse its payload, build its tsvector).
+TEXT_TEST_US = 45.0
+#: Microseconds, roughly, to fetch and sort one match the index found.
+FETCH_US = 5.0
+#: Microseconds, roughly, to probe one partition (its newest message, its index).
+PROBE_US = 1_000.0
+#: Messages a user's (or the given sessions') scope may hold to be sorted whole.
+SCOPE_ROWS = 10_000
 
 _S = SESSIONS.c
 Filters = Callable[[Any], list[sa.ColumnElement[bool]]]
@@ -63,7 +73,8 @@ class Search:
     tsquery: sa.ColumnElement[Any] | None
     filters: Filters
     window: Filters
-    selective: bool
+    scope: Filters
+    session_ids: list[str] | None
     cursor: Key | None
     headline: str
 
@@ -123,14 +134,45 @@ def _rows(conn: sa.Connection, stmt: Any) -> list[Any]:
     return list(conn.execute(stmt).all())
 
 
+def choose(
+    matched: float,
+    total: float,
+    partitions: int,
+    *,
+    phrase: bool,
+    limit: int,
+    scope_rows: int | None = None,
+) -> str:
+    """The plan of least estimated cost for text matching ``matched`` of ``total`` rows.
+
+    ``scope_rows``: the messages of the sessions a user or session-id filter
+    selects; when few enough, a walk over them alone (``scoped``) competes.
+    """
+    per_match = FETCH_US + (TEXT_TEST_US if phrase else 0.0)
+    share = matched / total if total > 0 else 1.0
+    walk = min(SCAN_BUDGET, (limit + 1) / share if share > 0 else SCAN_BUDGET) * TEXT_TEST_US
+    costs = {"index": matched * per_match}
+    if scope_rows is not None and scope_rows <= SCOPE_ROWS:
+        costs["scoped"] = scope_rows * FETCH_US + min(scope_rows, SCAN_BUDGET) * TEXT_TEST_US
+    elif scope_rows is None:
+        costs["walk"] = walk
+        if partitions > 1:
+            costs["partitions"] = matched / partitions * per_match + partitions * PROBE_US
+    else:  # a scope too large to sort: the time walk filters by it
+        costs["walk"] = walk
+    return min(costs, key=lambda plan: costs[plan])
+
+
 def estimate(conn: sa.Connection, search: Search) -> tuple[float, float]:
     """The planner's estimate of the rows the text matches, and of the namespace's rows."""
     m = MESSAGES.c
     base = sa.select(sa.literal(1)).where(m.namespace == search.namespace)
 
     def rows(stmt: Any) -> float:
-        compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
-        plan = conn.execute(sa.text(f"EXPLAIN (FORMAT JSON) {compiled}")).scalar_one()
+        compiled = stmt.compile(conn)
+        plan = conn.exec_driver_sql(
+            f"EXPLAIN (FORMAT JSON) {compiled.string}", compiled.params
+        ).scalar_one()
         parsed = plan if isinstance(plan, list) else json.loads(plan)
         return float(parsed[0]["Plan"]["Plan Rows"])
 
@@ -141,51 +183,75 @@ def estimate(conn: sa.Connection, search: Search) -> tuple[float, float]:
     return matched, total
 
 
+def _scope_rows(conn: sa.Connection, search: Search) -> int:
+    """How many messages the sessions of the search's scope hold."""
+    conds = [_S.namespace == search.namespace, *search.scope(_S)]
+    if search.session_ids is not None:
+        conds.append(_S.session_id.in_(search.session_ids))
+    found = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(_S.message_count), 0))
+                         .where(*conds)).scalar_one()
+    return int(found)
+
+
 def run_pg(conn: sa.Connection, search: Search) -> SearchRows:
-    """The page's rows by the plan that bounds its cost (see the module docs)."""
-    if search.selective:
-        return SearchRows(_rows(conn, _statement(search, MESSAGES, full_text=True)),
-                          "index")
+    """The page's rows by the plan that bounds its cost (see the module docs).
+
+    Parallel workers and JIT compilation are off for the page's statements:
+    both pay off for long scans, and every plan here is built not to scan
+    long (a parallel plan also hides the per-user index from the planner,
+    which costs it as if each loop probed every partition).
+    """
+    conn.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 0"))
+    conn.execute(sa.text("SET LOCAL jit = off"))
+    scoped = search.session_ids is not None or bool(search.scope(_S))
+    scope_rows = _scope_rows(conn, search) if scoped else None
+    if search.tsquery is None:
+        plan = "scoped" if scope_rows is not None and scope_rows <= SCOPE_ROWS else "walk"
+        return _walk(conn, search, scoped=plan == "scoped")
     matched, total = estimate(conn, search)
-    if search.tsquery is not None and matched <= FEW_MATCHES:
-        return SearchRows(_rows(conn, _statement(search, MESSAGES, full_text=True)),
-                          "index")
-    if search.tsquery is not None and matched < COMMON_SHARE * total:
-        return _by_partition(conn, search)
-    return _walk(conn, search)
+    known = partitions.ranges(conn)
+    phrase = bool(conn.execute(
+        sa.select(sa.func.strpos(sa.cast(search.tsquery, sa.Text()), "<"))).scalar())
+    plan = choose(matched, total, len(known), phrase=phrase, limit=search.limit,
+                  scope_rows=scope_rows)
+    if plan in ("walk", "scoped"):
+        return _walk(conn, search, scoped=plan == "scoped")
+    if plan == "partitions":
+        return _by_partition(conn, search, known)
+    return SearchRows(_rows(conn, _statement(search, MESSAGES, full_text=True)), "index")
 
 
-def _walk(conn: sa.Connection, search: Search) -> SearchRows:
+def _walk(conn: sa.Connection, search: Search, *, scoped: bool) -> SearchRows:
+    """At most :data:`SCAN_BUDGET` messages newest first (of the scope's sessions), tested."""
     m = MESSAGES.c
     conds = [m.namespace == search.namespace, *search.window(m), *_below(search, m)]
+    source: Any = MESSAGES
+    if scoped:
+        source = MESSAGES.join(SESSIONS, sa.and_(
+            _S.namespace == m.namespace, _S.session_id == m.session_id, _S.month == m.month))
+        conds += search.scope(_S)
+    order = (m.created_ms.desc(), m.session_id.desc(), m.seq.desc())
     window = (
-        sa.select(MESSAGES)
-        .where(*conds)
-        .order_by(m.created_ms.desc(), m.session_id.desc(), m.seq.desc())
-        .limit(SCAN_BUDGET)
-        .subquery("w")
+        sa.select(*MESSAGES.c).select_from(source).where(*conds).order_by(*order)
+        .limit(SCAN_BUDGET).subquery("w")
     )
+    plan = "scoped" if scoped else "walk"
     rows = _rows(conn, _statement(search, window, full_text=False))
     if len(rows) > search.limit:
-        return SearchRows(rows, "walk")
+        return SearchRows(rows, plan)
     last = conn.execute(
-        sa.select(m.created_ms, m.session_id, m.seq)
-        .where(*conds)
-        .order_by(m.created_ms.desc(), m.session_id.desc(), m.seq.desc())
-        .offset(SCAN_BUDGET - 1)
-        .limit(1)
+        sa.select(m.created_ms, m.session_id, m.seq).select_from(source).where(*conds)
+        .order_by(*order).offset(SCAN_BUDGET - 1).limit(1)
     ).first()
     resume = (int(last.created_ms), str(last.session_id), int(last.seq)) if last else None
-    return SearchRows(rows, "walk", resume)
+    return SearchRows(rows, plan, resume)
 
 
-def _by_partition(conn: sa.Connection, search: Search) -> SearchRows:
+def _by_partition(
+    conn: sa.Connection, search: Search, found: Sequence[partitions.PartitionRange]
+) -> SearchRows:
     """Each partition's page, the one holding the newest message first, merged."""
     m = MESSAGES.c
-    found = partitions.ranges(conn)
-    if not found:
-        return SearchRows(_rows(conn, _statement(search, MESSAGES, full_text=True)),
-                          "index")
     newest = sa.union_all(*(
         sa.select(sa.literal(i).label("i"), sa.func.max(m.created_ms).label("newest"))
         .where(m.namespace == search.namespace, m.month >= p.low, m.month < p.high)
