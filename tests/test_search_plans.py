@@ -15,7 +15,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,7 +93,8 @@ def archive(request: pytest.FixtureRequest, pg_database: Callable[[], str],
     engine.dispose()
 
 
-def _brute_pg(engine: sa.Engine, text: str | None, filters: dict[str, Any]) -> list[tuple[Any, ...]]:
+def _brute_pg(engine: sa.Engine, text: str | None,
+              filters: dict[str, Any]) -> list[tuple[Any, ...]]:
     m, s = MESSAGES.c, SESSIONS.c
     conds: list[Any] = [m.namespace == "plans", s.version > 0]
     if text is not None:
