@@ -46,6 +46,7 @@ import base64
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -87,11 +88,10 @@ from tieredstore.query_text import (
     make_snippet,
     parse_terms,
     pg_tsquery,
-    pg_tsquery_sql,
     sqlite_metadata_clause,
     sqlite_text_clauses,
 )
-from tieredstore.schema import DEFAULT_FTS_LANGUAGE, MESSAGE_TEXT_FUNCTION, normalize_url
+from tieredstore.schema import DEFAULT_FTS_LANGUAGE, normalize_url
 from tieredstore.schema import messages as MESSAGES
 from tieredstore.schema import sessions as SESSIONS
 from tieredstore.tiers.archive import partitions
@@ -116,6 +116,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# Set by explain(): the search it runs collects each statement's plan here.
+_EXPLAINED: ContextVar[list[str] | None] = ContextVar("tieredstore_explained", default=None)
 TimeLike = datetime | float | int
 """A moment: an aware/naive ``datetime`` (naive = UTC) or unix seconds."""
 
@@ -325,7 +327,7 @@ class ArchiveQuery:
             namespace=self.namespace, limit=limit, language=language,
             tsquery=pg_tsquery(language, text) if text is not None else None,
             filters=filters, window=window, scope=scope, session_ids=session_ids, cursor=cursor,
-            headline=options,
+            headline=options, explained=_EXPLAINED.get(),
         )
         found = self._run(lambda conn: run_pg(conn, spec))
         self.last_plan = found.plan
@@ -342,27 +344,18 @@ class ArchiveQuery:
                 return
             cursor = page.next_cursor
 
-    def explain(self, text: str, **filters: Any) -> str:
-        """PostgreSQL ``EXPLAIN`` of the statement :meth:`search` runs for ``text``."""
+    def explain(self, text: str | None = None, **filters: Any) -> str:
+        """How :meth:`search` finds this page (PostgreSQL): the plan, then each statement's
+        ``EXPLAIN (ANALYZE, BUFFERS)`` (they run, so this costs a search and more)."""
         if not self._pg:
             raise InvalidInput("explain() is for PostgreSQL")
-        language = self.language()
-        limit = _check_limit(filters.pop("limit", 20))
-        if filters:
-            raise InvalidInput("explain() takes text and limit only")
-        stmt = sa.text(
-            f"EXPLAIN SELECT m.session_id, m.seq FROM {MESSAGES.name} m JOIN {SESSIONS.name} s "
-            "ON s.namespace = m.namespace AND s.session_id = m.session_id "
-            f"WHERE m.namespace = :ns AND to_tsvector('{language}'::regconfig, "
-            f"{MESSAGE_TEXT_FUNCTION}(m.payload, m.content_text)) "
-            f"@@ ({pg_tsquery_sql(language, text)[0]}) "
-            "AND (s.expires_ms IS NULL OR s.expires_ms > :now) "
-            "ORDER BY m.created_ms + 0 DESC, m.session_id DESC, m.seq DESC LIMIT :limit"
-        )
-        params = {"ns": self.namespace, "now": int(self.clock() * 1000), "limit": limit + 1,
-                  **pg_tsquery_sql(language, text)[1]}
-        rows = self._run(lambda conn: conn.execute(stmt, params).scalars().all())
-        return "\n".join(rows)
+        explained: list[str] = []
+        token = _EXPLAINED.set(explained)
+        try:
+            self.search(text, **filters)
+        finally:
+            _EXPLAINED.reset(token)
+        return f"plan: {self.last_plan}\n\n" + "\n\n".join(explained)
 
     # -- sessions -----------------------------------------------------------------
 

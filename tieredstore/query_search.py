@@ -77,6 +77,8 @@ class Search:
     session_ids: list[str] | None
     cursor: Key | None
     headline: str
+    #: When a list: each statement's ``EXPLAIN (ANALYZE, BUFFERS)`` is added to it.
+    explained: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,13 @@ def _statement(search: Search, m: Any, *, full_text: bool, where: Sequence[Any] 
     ).order_by(inner.c.created_ms.desc(), inner.c.session_id.desc(), inner.c.seq.desc())
 
 
-def _rows(conn: sa.Connection, stmt: Any) -> list[Any]:
+def _rows(conn: sa.Connection, stmt: Any, search: Search) -> list[Any]:
+    if search.explained is not None:
+        compiled = stmt.compile(conn)
+        plan = conn.exec_driver_sql(
+            f"EXPLAIN (ANALYZE, BUFFERS) {compiled.string}", compiled.params
+        ).scalars()
+        search.explained.append("\n".join(plan))
     return list(conn.execute(stmt).all())
 
 
@@ -218,7 +226,7 @@ def run_pg(conn: sa.Connection, search: Search) -> SearchRows:
         return _walk(conn, search, scoped=plan == "scoped")
     if plan == "partitions":
         return _by_partition(conn, search, known)
-    return SearchRows(_rows(conn, _statement(search, MESSAGES, full_text=True)), "index")
+    return SearchRows(_rows(conn, _statement(search, MESSAGES, full_text=True), search), "index")
 
 
 def _walk(conn: sa.Connection, search: Search, *, scoped: bool) -> SearchRows:
@@ -236,7 +244,7 @@ def _walk(conn: sa.Connection, search: Search, *, scoped: bool) -> SearchRows:
         .limit(SCAN_BUDGET).subquery("w")
     )
     plan = "scoped" if scoped else "walk"
-    rows = _rows(conn, _statement(search, window, full_text=False))
+    rows = _rows(conn, _statement(search, window, full_text=False), search)
     if len(rows) > search.limit:
         return SearchRows(rows, plan)
     last = conn.execute(
@@ -265,9 +273,9 @@ def _by_partition(
     for newest_ms, part in order:
         if len(rows) > search.limit and newest_ms < rows[search.limit].created_ms:
             break  # nothing in this partition, or any older one, can make the page
-        rows.extend(conn.execute(_statement(
+        rows.extend(_rows(conn, _statement(
             search, MESSAGES, full_text=True,
-            where=[m.month >= part.low, m.month < part.high])).all())
+            where=[m.month >= part.low, m.month < part.high]), search))
         rows.sort(key=lambda r: (r.created_ms, r.session_id, r.seq), reverse=True)
         del rows[search.limit + 1:]
     return SearchRows(rows, "partitions")
