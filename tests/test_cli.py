@@ -216,3 +216,29 @@ def test_errors_are_one_line_with_nonzero_exit(cli: Cli) -> None:
     assert bad_time.returncode == 2
     no_archive = cli.run("search", "x", env={"TIEREDSTORE_DATABASE_URL": ""})
     assert no_archive.returncode == 1 and "no archive configured" in no_archive.stderr
+
+
+def test_maintain_retain_and_partitions(cli: Cli, pg_engine: sa.Engine) -> None:
+    from tests.conftest import FakeClock
+    from tieredstore.tiers.archive import ArchiveStore
+
+    namespace = cli.env["TIEREDSTORE_NAMESPACE"]
+    old = ArchiveStore(pg_engine, namespace=namespace, clock=FakeClock(1_740_000_000.0))
+    old.save("ancient", [Message("user", "from long ago")])
+    old.save("ancient-held", [Message("user", "kept")], metadata={"legal_hold": True})
+    old.close()
+    dry = cli.json("maintain", "retain", "--retention-days", "30", "--dry-run")
+    assert (dry["task"], dry["changed"], dry["messages"], dry["skipped"]) == ("retain", 1, 1, 1)
+    assert cli.store.archive is not None and cli.store.archive.exists("ancient")
+    done = cli.json("maintain", "retain", env={"TIEREDSTORE_RETENTION_DAYS": "30"})
+    assert (done["changed"], done["messages"], done["skipped"]) == (1, 1, 1)
+    assert not cli.store.archive.exists("ancient")
+    assert cli.store.archive.exists("ancient-held")
+    assert len(cli.store.load("c-1")) == 5  # active sessions stay
+    ahead = cli.json("maintain", "partitions", "--ahead", "5")
+    assert ahead["task"] == "partitions" and ahead["partitions"] >= 0
+    again = cli.json("maintain", "partitions", "--ahead", "5")
+    assert again["partitions"] == 0  # made once
+    missing = cli.run("maintain", "retain")
+    assert missing.returncode != 0 and "retention-days" in missing.stderr
+    cli.store.delete("ancient-held")

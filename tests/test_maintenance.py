@@ -452,6 +452,23 @@ def test_settings_from_environment() -> None:
                                       "TIEREDSTORE_TIME_BUDGET": "60"})
 
 
+def test_retention_settings_and_their_beat_entries() -> None:
+    from worker.schedule import beat_schedule
+
+    plain = MaintenanceSettings.from_env({})
+    assert plain.retention_days is None and plain.partitions_ahead == 3
+    assert "tieredstore-retain" not in beat_schedule(plain, "q")  # nothing to retain
+    assert beat_schedule(plain, "q")["tieredstore-partitions"]["task"] == "tieredstore.partitions"
+    kept = MaintenanceSettings.from_env({
+        "TIEREDSTORE_RETENTION_DAYS": "365", "TIEREDSTORE_RETAIN_INTERVAL": "600",
+        "TIEREDSTORE_PARTITIONS_AHEAD": "6", "TIEREDSTORE_PARTITIONS_INTERVAL": "3600"})
+    assert (kept.retention_days, kept.partitions_ahead) == (365.0, 6)
+    entry = beat_schedule(kept, "q")["tieredstore-retain"]
+    assert entry["task"] == "tieredstore.retain" and entry["options"]["expires"] == 600.0
+    with pytest.raises(InvalidInput):
+        MaintenanceSettings(retention_days=-1.0)
+
+
 def test_expire_reports_remaining_until_its_sweep_finished_a_lap(make_store: Factory) -> None:
     """A bounded call sweeps part of the index and says so; calls repeated while
     ``remaining`` holds visit every entry of every bucket (here: repair each ghost)."""

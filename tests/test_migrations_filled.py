@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,5 +99,75 @@ def test_0003_keeps_every_row_and_adds_generation_columns(url: str) -> None:
         assert store.delete("s7") and not store.exists("s7")
         downgrade(url, "0002")
         assert _rows(engine)[MESSAGES] == [m for m in before[MESSAGES] if m[1] != "s7"]
+    finally:
+        engine.dispose()
+
+
+def test_0004_partitions_a_filled_archive_keeping_rows_and_counters(url: str) -> None:
+    """0003 -> 0004 on an archive of several months: every row and counter is kept."""
+    from tests.conftest import FakeClock
+    from tieredstore.tiers.archive.partitions import month_of
+
+    migrate(url)
+    clock = FakeClock(datetime(2025, 1, 10, tzinfo=UTC).timestamp())
+    store = ArchiveStore.from_url(url, namespace="legacy", clock=clock)
+    for i in range(24):
+        clock.now = datetime(2025, 1 + i % 6, 1 + i, tzinfo=UTC).timestamp()
+        store.save(f"s{i}", [Message("system", "terse"), Message("user", f"parcel {i}")],
+                   user_id=f"u{i % 4}", metadata={"n": i})
+        clock.advance(40 * 86_400)  # the session goes on into a later month
+        store.append(f"s{i}", Message("assistant", f"found parcel {i}"),
+                     {"role": "user", "content": [{"type": "text", "text": "thanks"}]})
+    store.append("s3", Message("user", "odd \x00 byte"))
+    store.delete("s5")  # a tombstone
+    store.close()
+    downgrade(url, "0003")
+    engine = sa.create_engine(normalize_url(url))
+    try:
+        before = _rows(engine)
+        inspector = sa.inspect(engine)
+        session_columns = [c["name"] for c in inspector.get_columns(SESSIONS)]
+        message_columns = [c["name"] for c in inspector.get_columns(MESSAGES)]
+        assert len(before[MESSAGES]) == 23 * 4 + 1
+        migrate(url)
+        assert current_revision(url) == "0004"
+        check(url)
+        with engine.connect() as conn:
+            sessions = {r.session_id: r for r in conn.execute(sa.text(
+                f"SELECT * FROM {SESSIONS} WHERE namespace = 'legacy'"))}
+            messages = conn.execute(sa.text(
+                f"SELECT namespace, session_id, seq, created_ms, role, kind, payload, month, "
+                f"tieredstore_message_text(payload, content_text) AS text FROM {MESSAGES} "
+                "ORDER BY namespace, session_id, seq") if engine.dialect.name == "postgresql"
+                else sa.text(f"SELECT namespace, session_id, seq, created_ms, role, kind, "
+                             f"payload, month, content_text AS text FROM {MESSAGES} "
+                             "ORDER BY namespace, session_id, seq")).all()
+        old_sessions = {r[1]: r for r in before[SESSIONS]}
+        columns = ("user_id", "created_ms", "updated_ms", "version", "message_count",
+                   "next_seq", "base_seq", "lead", "deleted_ms")
+        for sid, row in sessions.items():
+            old = dict(zip(session_columns, old_sessions[sid], strict=True))
+            assert {c: getattr(row, c) for c in columns} == {c: old[c] for c in columns}
+            assert row.month == month_of(row.created_ms)
+        old_messages = [dict(zip(message_columns, r, strict=True)) for r in before[MESSAGES]]
+        assert [(m.session_id, m.seq, m.created_ms, m.role, m.kind, bytes(m.payload), m.text)
+                for m in messages] == [
+            (o["session_id"], o["seq"], o["created_ms"], o["role"], o["kind"],
+             bytes(o["payload"]), o["content_text"]) for o in old_messages]
+        for m in messages:  # each message in its session's partition
+            assert m.month == sessions[m.session_id].month
+        store = ArchiveStore(engine, namespace="legacy")
+        assert store.load("s3")[-1].content == "odd \x00 byte"
+        assert not store.exists("s5")
+        store.append("s7", Message("user", "after the migration"))
+        assert len(store.load("s7")) == 5
+        hits = ArchiveQuery(engine, namespace="legacy").search("parcel", limit=100)
+        assert len(hits) == 46  # two a session, the deleted one's gone
+        downgrade(url, "0003")  # and back: the text is stored again, nothing is lost
+        after = _rows(engine)
+        assert len(after[SESSIONS]) == len(before[SESSIONS])
+        assert [m for m in after[MESSAGES] if m[1] != "s7"] == [
+            m for m in before[MESSAGES] if m[1] != "s7"]
+        assert len(after[MESSAGES]) == len(before[MESSAGES]) + 1
     finally:
         engine.dispose()

@@ -339,3 +339,37 @@ def test_two_workers_two_beats_run_each_task_at_most_once_per_interval(
         spans = sorted(tuple(run["held"]) for run in mine)
         for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end, f"two {task} runs overlapped"
+
+
+def test_beat_makes_partitions_ahead_and_enforces_retention(
+        make_cluster: Callable[..., Cluster], store: TieredStore, pg_engine: Any,
+        namespace: str) -> None:
+    """The worker's ``partitions`` and ``retain`` tasks, on a one-second schedule."""
+    from tests.conftest import FakeClock
+    from tieredstore.tiers.archive import ArchiveStore
+    from tieredstore.tiers.archive.partitions import months_ahead, partition_name
+
+    old = ArchiveStore(pg_engine, namespace=namespace, clock=FakeClock(1_740_000_000.0))
+    old.save("old", [msg("old", 0), msg("old", 1)])
+    old.save("old-held", [msg("old-held", 0)], metadata={"legal_hold": True})
+    old.close()
+    store.save("new", [msg("new", 0)])
+    farthest = partition_name(months_ahead(int(time.time() * 1000), 5)[-1])
+    cluster = make_cluster(retention_days=30, retain_interval=1, partitions_interval=1,
+                           partitions_ahead=5)
+    cluster.start_worker("worker")
+    cluster.start_beat("beat")
+    assert store.archive is not None
+
+    def done() -> bool:
+        tasks = {run["task"] for run in runs(store)}
+        made = {p.name for p in store.archive.partitions()}  # type: ignore[union-attr]
+        return {"retain", "partitions"} <= tasks and farthest in made and not (
+            store.archive.exists("old"))  # type: ignore[union-attr]
+    wait_for(done, 40, "retain to delete the old session and partitions to be made ahead")
+    cluster.stop()
+    assert store.archive.exists("old-held")
+    assert store.load("new") == [msg("new", 0)]
+    retained = [r for r in runs(store) if r["task"] == "retain" and r["result"]["changed"]]
+    assert retained and retained[0]["result"]["skipped"] >= 1  # the held session
+    store.delete("old-held")

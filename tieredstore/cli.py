@@ -264,10 +264,10 @@ def maintain_partitions(as_json: bool, ahead: int, analyze: bool) -> None:
     """Create the archive's monthly partitions ahead of time and refresh its statistics."""
     from tieredstore.maintenance import partitions
 
-    def task(store: Any, progress: Any, **kwargs: Any) -> Any:
-        return partitions(store, **kwargs)
+    def task(store: Any, progress: Any, batch_size: int) -> Any:
+        return partitions(store, ahead=ahead, analyze=analyze)
 
-    _run_maintenance(task, as_json, ahead=ahead, analyze=analyze, batch_size=1)
+    _run_maintenance(task, as_json, batch_size=1)
 
 
 def _register_archive_commands() -> None:

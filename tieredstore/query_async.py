@@ -90,7 +90,7 @@ class AsyncArchiveQuery:
         """See :meth:`ArchiveQuery.stats`."""
         return await self._call(ArchiveQuery.stats)
 
-    async def explain(self, text: str, **filters: Any) -> str:
+    async def explain(self, text: str | None = None, **filters: Any) -> str:
         """See :meth:`ArchiveQuery.explain`."""
         return await self._call(ArchiveQuery.explain, text, **filters)
 

@@ -7,16 +7,19 @@
   back (:class:`ArchiveCopy`, :class:`PreparedCopies`, :class:`Reconciled`).
 * :mod:`.base` — what every plan builds on: setup, the transaction loop
   with its retries, the row primitives.
-* :mod:`.reads`, :mod:`.writes`, :mod:`.copies`, :mod:`.upkeep` — the
-  I/O-free plans (reads; writes; other tiers' copies applied by seq;
-  reconciliation and maintenance); :mod:`.shared` joins them into
-  :class:`ArchiveShared`.
+* :mod:`.reads`, :mod:`.writes`, :mod:`.copies`, :mod:`.upkeep`,
+  :mod:`.retention` — the I/O-free plans (reads; writes; other tiers'
+  copies applied by seq; reconciliation and maintenance; retention and
+  partition upkeep); :mod:`.shared` joins them into :class:`ArchiveShared`.
+* :mod:`.partitions` — the monthly partitions of the messages table on
+  PostgreSQL: months, bounds, creation on demand and ahead.
 * :mod:`.store`, :mod:`.aio_store` — the sync and asyncio shells that drive
   the plans (:class:`ArchiveStore`, :class:`AsyncArchiveStore`).
 
 One row per session in ``tieredstore_sessions`` and one row per message in
-``tieredstore_messages`` (see :mod:`tieredstore.schema`); a message row holds
-the message's exact encoded bytes, so it loads back unchanged. The tables come
+``tieredstore_messages`` (see :mod:`tieredstore.schema`), partitioned by
+month on PostgreSQL; a message row holds the message's exact encoded bytes,
+so it loads back unchanged. The tables come
 only from the Alembic migrations: run :func:`tieredstore.migrate` first.
 
 Every write locks the session row before it touches messages, so concurrent
