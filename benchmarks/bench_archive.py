@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
 import sys
 import time
@@ -39,16 +38,13 @@ import psycopg
 import redis
 import sqlalchemy as sa
 
-from benchmarks.common import scratch_database
+from benchmarks.common import PG_ADMIN_URL, REDIS_URL, scratch_database
 from tieredstore.maintenance import archive_idle
 from tieredstore.policy import message_kind
 from tieredstore.store import TieredStore
 from tieredstore.tiers.archive.partitions import month_of
 
 RESULTS = Path(__file__).parent / "results" / "archive.json"
-REDIS_URL = os.environ.get("TIEREDSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_ADMIN_URL = os.environ.get(
-    "TIEREDSTORE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 MESSAGES = 20
 THRESHOLD = 0.5
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -56,6 +55,7 @@ import redis
 import sqlalchemy as sa
 
 from benchmarks.common import (
+    PG_ADMIN_URL,
     Laps,
     bulk_save,
     cluster_client,
@@ -78,9 +78,6 @@ from tieredstore.store import TieredStore
 from tieredstore.tiers.redis.scripts import SCRIPTS, script_sha
 
 RESULTS = Path(__file__).parent / "results" / "cluster.json"
-PG_ADMIN_URL = os.environ.get(
-    "TIEREDSTORE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 LIMIT = 100
 PAGE_RATIO = 2.0
 STANDALONE_P50_MS = 5.0

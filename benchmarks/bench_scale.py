@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -44,7 +43,7 @@ import sqlalchemy as sa
 
 from benchmarks.bench_archive import conversation, fill, quiet_tables, raw_copy, raw_rows
 from benchmarks.bench_archive import time_archive as archive_seconds
-from benchmarks.common import delete_prefix, percentile, scratch_database
+from benchmarks.common import PG_ADMIN_URL, REDIS_URL, delete_prefix, percentile, scratch_database
 from benchmarks.scale_data import NAMESPACE, PHRASE, RARE, Filled
 from benchmarks.scale_data import fill as fill_archive
 from tieredstore.query import ArchiveQuery
@@ -53,9 +52,6 @@ from tieredstore.store import TieredStore
 from tieredstore.tiers.archive import ArchiveStore
 
 RESULTS = Path(__file__).parent / "results" / "scale.json"
-REDIS_URL = os.environ.get("TIEREDSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_ADMIN_URL = os.environ.get(
-    "TIEREDSTORE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 P95_LIMIT_MS = 100.0
 BYTES_LIMIT = 2.0
 ARCHIVE_RATIO = 0.5

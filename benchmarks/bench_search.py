@@ -39,14 +39,12 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from benchmarks.common import PG_ADMIN_URL
 from tieredstore.migration import migrate
 from tieredstore.policy import message_kind
 from tieredstore.query import ArchiveQuery
 from tieredstore.schema import FTS_INDEX, MESSAGES, SESSIONS
 
-ADMIN_URL = os.environ.get(
-    "TIEREDSTORE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 NAMESPACE = "bench"
 PER_SESSION = 50
 USERS = 2000
@@ -210,10 +208,10 @@ def main() -> int:
     rng = random.Random(20261126)
     words = vocabulary(rng)
     name = f"tieredstore_bench_search_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     engine = sa.create_engine(url, pool_size=2)
     report: dict[str, Any] = {"messages": total}
     failures: list[str] = []

@@ -54,15 +54,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from benchmarks.common import Laps, bulk_save, delete_prefix, redis_client, scratch_database
+from benchmarks.common import (
+    PG_ADMIN_URL,
+    Laps,
+    bulk_save,
+    delete_prefix,
+    redis_client,
+    scratch_database,
+)
 from tieredstore import Message
 from tieredstore.maintenance import archive_idle, expire
 from tieredstore.store import TieredStore
 
 RESULTS = Path(__file__).parent / "results" / "workers.json"
-PG_ADMIN_URL = os.environ.get(
-    "TIEREDSTORE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 MESSAGES = 5
 WORKER_COUNTS = (1, 2, 4)
 ORDERS = ((1, 2, 4), (4, 2, 1), (1, 2, 4))  # rounds (--quick: the first two)

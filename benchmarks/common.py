@@ -31,6 +31,12 @@ from tieredstore.migration import migrate
 from tieredstore.model import FrozenDict
 from tieredstore.tiers.redis import SCRIPTS, Call, Calls
 
+#: The servers benchmarks run against (loopback by default).
+REDIS_URL = os.environ.get("TIEREDSTORE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_ADMIN_URL = os.environ.get(
+    "TIEREDSTORE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
 
 def percentile(samples: Sequence[float], q: float) -> float:
     ordered = sorted(samples)
