@@ -56,7 +56,7 @@ from sqlalchemy.dialects import postgresql
 
 from tieredstore.codec import encode_json
 from tieredstore.config import Limits
-from tieredstore.core import check_session_id, check_user_id
+from tieredstore.core import check_session_id
 from tieredstore.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -100,7 +100,7 @@ from tieredstore.tiers.sql_errors import misconfigured, schema_missing
 
 if TYPE_CHECKING:
     from tieredstore.query_async import AsyncArchiveQuery
-    from tieredstore.store import TieredStore
+    from tieredstore.query_erase import erase
     from tieredstore.tiers.archive import ArchiveStore
 
 __all__ = [
@@ -662,84 +662,6 @@ class BoundQuery(ArchiveQuery):
         return work(self._conn)
 
 
-def erase(store: TieredStore, user_id: str, *, batch_size: int = 1000) -> EraseReport:
-    """Remove every session of ``user_id`` from every tier of ``store``; report what went.
-
-    The ids come from Redis's per-user index (in pages), the archive and this
-    process's memory tier; then each tier deletes them (memory, Redis, the
-    archive). Redis deletes publish the usual invalidation, so other
-    processes' memory tiers drop the sessions too. Sessions of other
-    users are not touched. A session the user writes while this runs may
-    survive it: stop the user's traffic first.
-
-    Ids (and user ids) that today's validation refuses -- which no API call
-    can have written to memory or Redis, but an old archive may hold -- are
-    skipped in those tiers (listed in ``redis_skipped``) and deleted from the
-    archive all the same. The archive delete runs even when Redis fails; the
-    Redis error is raised after it (erase is idempotent: run it again).
-    """
-    if not isinstance(user_id, str) or not user_id:
-        raise InvalidInput("erase needs a user id (a non-empty string)")
-    report = EraseReport(user_id)
-    redis, archive, memory = store.redis, store.archive, store.memory
-    query = ArchiveQuery(archive) if archive is not None else None
-    addressable = _valid_user_id(user_id, store.limits)
-    ids: set[str] = set()
-    if query is not None:
-        ids.update(query.session_ids(user_id))
-    try:
-        if redis is not None and addressable:
-            position: tuple[int, str] | None = None
-            while True:
-                found = redis.list_keys(user_id, batch_size, position, "asc")
-                ids.update(sid for _, sid in found)
-                if len(found) < batch_size:
-                    break
-                position = found[-1]
-        if memory is not None and addressable:
-            cursor: str | None = None
-            while True:
-                page = memory.list(user_id=user_id, limit=batch_size, cursor=cursor)
-                ids.update(page.ids)
-                if page.next_cursor is None:
-                    break
-                cursor = page.next_cursor
-        if memory is not None:
-            report.memory_sessions = sum(memory.invalidate(sid) for sid in sorted(ids))
-        if redis is not None:
-            for sid in sorted(ids):
-                if _valid_session_id(sid, redis.limits):
-                    report.redis_sessions += redis.drop(sid)
-                else:
-                    report.redis_skipped.append(sid)
-    finally:
-        if query is not None:
-            archived, report.archive_messages = query.delete_user(user_id)
-            report.archive_sessions = len(archived)
-            ids.update(archived)
-    if memory is not None:  # a read that raced the deletes may have cached a copy
-        for sid in ids:
-            memory.invalidate(sid)
-    report.session_ids = sorted(ids)
-    return report
-
-
-def _valid_session_id(sid: str, limits: Limits) -> bool:
-    try:
-        check_session_id(sid, limits)
-    except InvalidInput:
-        return False
-    return True
-
-
-def _valid_user_id(user_id: str, limits: Limits) -> bool:
-    try:
-        check_user_id(user_id, limits)
-    except InvalidInput:
-        return False
-    return True
-
-
 # -- helpers ------------------------------------------------------------------------
 
 
@@ -796,9 +718,13 @@ def translate_error(engine: sa.Engine, exc: Exception) -> BackendUnavailable | C
 
 
 def __getattr__(name: str) -> Any:
-    # The asyncio twin lives in its own module (it imports this one).
+    # The asyncio twin and erasure live in modules of their own (they import this one).
     if name == "AsyncArchiveQuery":
         from tieredstore.query_async import AsyncArchiveQuery
 
         return AsyncArchiveQuery
+    if name == "erase":
+        from tieredstore.query_erase import erase
+
+        return erase
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
