@@ -291,3 +291,32 @@ def test_retain_needs_a_positive_period(make: Callable[..., ArchiveStore]) -> No
     for bad in (0, -1.0):
         with pytest.raises(InvalidInput):
             maintenance.retain(tiered, retention_days=bad)
+
+
+def test_the_async_store_writes_into_new_months_and_makes_them_ahead(
+        pg_database: Callable[[], str]) -> None:
+    import asyncio
+
+    from tieredstore.tiers.archive import AsyncArchiveStore
+
+    url = pg_database()
+    migrate(url)
+    when = datetime(2033, 5, 3, tzinfo=UTC).timestamp()
+
+    async def run() -> tuple[list[Message], list[str], list[str]]:
+        store = AsyncArchiveStore.from_url(url, namespace="app", clock=lambda: when)
+        try:
+            await store.save("x", [Message("user", "hi")])
+            loaded = await store.load("x")
+            made = await store.ensure_partitions(2)
+            names = [p.name for p in await store.partitions()]
+            result = await store.retain_batch(int(when * 1000) + 1, batch_size=10)
+            assert (result.sessions, result.messages) == (1, 1)
+            return loaded, made, names
+        finally:
+            await store.aclose()
+
+    loaded, made, names = asyncio.run(run())
+    assert loaded == [Message("user", "hi")]
+    assert made == [partition_name(203306), partition_name(203307)]
+    assert partition_name(203305) in names
