@@ -320,3 +320,62 @@ def test_the_async_store_writes_into_new_months_and_makes_them_ahead(
     assert loaded == [Message("user", "hi")]
     assert made == [partition_name(203306), partition_name(203307)]
     assert partition_name(203305) in names
+
+
+def test_a_session_arriving_in_a_month_being_dropped_is_kept(
+        make: Callable[..., ArchiveStore], clock: FakeClock, engine: sa.Engine) -> None:
+    """A first archival of a long-lived session lands in an old month while retain runs.
+
+    Its rows are written by a transaction the drop must wait for: the drop
+    then sees the session (active: it keeps the month) rather than dropping
+    the partition under messages it never saw.
+    """
+    if not _pg(engine):
+        pytest.skip("partitions are PostgreSQL's")
+    store = make()
+    clock.now = FEB
+    for i in range(3):
+        store.save(f"feb-{i}", _msgs(f"feb-{i}", 2))
+    clock.now = JUN
+    born, active = int(FEB * 1000), int(JUN * 1000)
+    holding = threading.Event()
+    release = threading.Event()
+
+    def late_archival() -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                f"INSERT INTO {SESSIONS} (namespace, session_id, user_id, metadata, created_ms, "
+                "updated_ms, version, message_count, next_seq, base_seq, lead, month) VALUES "
+                "('app', 'long-lived', NULL, '{}', :born, :active, 3, 1, 1, 0, 0, 202502)"),
+                {"born": born, "active": active})
+            conn.execute(sa.text(
+                f"INSERT INTO {MESSAGES} (namespace, session_id, seq, month, created_ms, role, "
+                "kind, payload, content_text) VALUES ('app', 'long-lived', 0, 202502, :active, "
+                "'user', 'u', '{\"role\":\"user\",\"content\":\"still here\"}', '')"),
+                {"active": active})
+            holding.set()
+            release.wait(30)
+
+    writer = threading.Thread(target=late_archival)
+    writer.start()
+    assert holding.wait(30)
+    results: list[Any] = []
+    retainer = threading.Thread(target=lambda: results.append(
+        maintenance.retain(_tiered(store), retention_days=30, now=JUN)))
+    retainer.start()
+    with engine.connect() as probe:  # the drop is queued behind the writer's lock
+        for _ in range(300):
+            waiting = probe.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")).scalar_one()
+            if waiting:
+                break
+            threading.Event().wait(0.01)
+    release.set()
+    writer.join(30)
+    retainer.join(60)
+    (result,) = results
+    assert result.partitions == 0
+    assert [m.content for m in store.load("long-lived")] == ["still here"]
+    assert not any(store.exists(f"feb-{i}") for i in range(3))  # by batch instead
+    assert partition_name(202502) in _names(store)

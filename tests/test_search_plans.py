@@ -205,7 +205,7 @@ def test_choose_by_cost() -> None:
     choose = query_search.choose
     assert choose(10, 10_000_000, 12, phrase=False, limit=20) == "index"
     assert choose(5_000_000, 10_000_000, 12, phrase=False, limit=20) == "walk"
-    assert choose(50_000, 10_000_000, 12, phrase=False, limit=20) == "partitions"
+    assert choose(20_000, 10_000_000, 12, phrase=False, limit=20) == "partitions"
     assert choose(70_000, 10_000_000, 12, phrase=True, limit=20) == "walk"
     assert choose(5_000_000, 10_000_000, 12, phrase=False, limit=20, scope_rows=400) == "scoped"
     assert choose(12, 10_000_000, 12, phrase=False, limit=20, scope_rows=400) == "index"

@@ -48,11 +48,11 @@ from tieredstore.tiers.archive import partitions
 __all__ = ["SCAN_BUDGET", "Search", "SearchRows", "choose", "run_pg"]
 
 #: Rows a page's time walk reads at most.
-SCAN_BUDGET = 1_500
+SCAN_BUDGET = 1_000
 #: Microseconds, roughly, to test one row's text (parse its payload, build its tsvector).
-TEXT_TEST_US = 45.0
-#: Microseconds, roughly, to fetch and sort one match the index found.
-FETCH_US = 5.0
+TEXT_TEST_US = 50.0
+#: Microseconds, roughly, to fetch, join and sort one match the index found.
+FETCH_US = 10.0
 #: Microseconds, roughly, to probe one partition (its newest message, its index).
 PROBE_US = 1_000.0
 #: Messages a user's (or the given sessions') scope may hold to be sorted whole.
@@ -150,11 +150,14 @@ def choose(
     phrase: bool,
     limit: int,
     scope_rows: int | None = None,
+    largest_share: float | None = None,
 ) -> str:
     """The plan of least estimated cost for text matching ``matched`` of ``total`` rows.
 
     ``scope_rows``: the messages of the sessions a user or session-id filter
     selects; when few enough, a walk over them alone (``scoped``) competes.
+    ``largest_share``: the share of the rows in the largest partition (the
+    partition plan's worst case for one partition; default: an equal share).
     """
     per_match = FETCH_US + (TEXT_TEST_US if phrase else 0.0)
     share = matched / total if total > 0 else 1.0
@@ -165,7 +168,8 @@ def choose(
     elif scope_rows is None:
         costs["walk"] = walk
         if partitions > 1:
-            costs["partitions"] = matched / partitions * per_match + partitions * PROBE_US
+            share_one = largest_share if largest_share is not None else 1 / partitions
+            costs["partitions"] = matched * share_one * per_match + partitions * PROBE_US
     else:  # a scope too large to sort: the time walk filters by it
         costs["walk"] = walk
     return min(costs, key=lambda plan: costs[plan])
@@ -204,13 +208,18 @@ def _scope_rows(conn: sa.Connection, search: Search) -> int:
 def run_pg(conn: sa.Connection, search: Search) -> SearchRows:
     """The page's rows by the plan that bounds its cost (see the module docs).
 
-    Parallel workers and JIT compilation are off for the page's statements:
-    both pay off for long scans, and every plan here is built not to scan
-    long (a parallel plan also hides the per-user index from the planner,
-    which costs it as if each loop probed every partition).
+    Parallel workers, JIT compilation, hash and merge joins are off for the
+    page's statements: they pay off for long scans, and every plan here is
+    built not to scan long (a parallel plan also hides the per-user index
+    from the planner, which costs it as if each loop probed every
+    partition).
     """
     conn.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 0"))
     conn.execute(sa.text("SET LOCAL jit = off"))
+    # Every plan joins a bounded set of message rows to their sessions by primary
+    # key: a hash join would read the whole sessions table to build its table.
+    conn.execute(sa.text("SET LOCAL enable_hashjoin = off"))
+    conn.execute(sa.text("SET LOCAL enable_mergejoin = off"))
     scoped = search.session_ids is not None or bool(search.scope(_S))
     scope_rows = _scope_rows(conn, search) if scoped else None
     if search.tsquery is None:
@@ -220,8 +229,10 @@ def run_pg(conn: sa.Connection, search: Search) -> SearchRows:
     known = partitions.ranges(conn)
     phrase = bool(conn.execute(
         sa.select(sa.func.strpos(sa.cast(search.tsquery, sa.Text()), "<"))).scalar())
+    sized = [p.rows for p in known if p.rows > 0]
+    largest = max(sized) / sum(sized) if sized else None
     plan = choose(matched, total, len(known), phrase=phrase, limit=search.limit,
-                  scope_rows=scope_rows)
+                  scope_rows=scope_rows, largest_share=largest)
     if plan in ("walk", "scoped"):
         return _walk(conn, search, scoped=plan == "scoped")
     if plan == "partitions":

@@ -46,11 +46,13 @@ _FAILING_MONTH = re.compile(r"\(month\) = \((-?\d+)\)")
 
 @dataclass(frozen=True)
 class PartitionRange:
-    """One partition: its table name and the months ``[low, high)`` it holds."""
+    """One partition: its table name, the months ``[low, high)`` it holds, and its
+    row count as of its last ``ANALYZE`` (``-1``: never analysed)."""
 
     name: str
     low: int
     high: int
+    rows: float = -1.0
 
     def holds(self, month: int) -> bool:
         return self.low <= month < self.high
@@ -120,17 +122,19 @@ def ranges(conn: sa.Connection) -> list[PartitionRange]:
     """Every partition of the messages table with its bounds, oldest first."""
     rows = conn.execute(
         sa.text(
-            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid), c.reltuples FROM pg_inherits i "
             "JOIN pg_class c ON c.oid = i.inhrelid "
             "WHERE i.inhparent = to_regclass(:parent)"
         ),
         {"parent": MESSAGES},
     ).all()
     found = []
-    for name, bound in rows:
+    for name, bound, tuples in rows:
         match = _BOUND.search(bound or "")
         if match:
-            found.append(PartitionRange(name, int(match.group(1)), int(match.group(2))))
+            found.append(
+                PartitionRange(name, int(match.group(1)), int(match.group(2)), float(tuples))
+            )
     return sorted(found, key=lambda r: r.low)
 
 

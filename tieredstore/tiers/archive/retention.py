@@ -72,21 +72,21 @@ _DELETE_MESSAGES_OF = sa.delete(MESSAGES).where(
 _DELETE_SESSIONS_OF = sa.delete(SESSIONS).where(
     _S.namespace == _NS, _S.session_id.in_(_IDS), _S.version > 0
 )
-_MONTH_SESSIONS = (
-    sa.select(_S.namespace, _S.session_id, _S.updated_ms, _S["metadata"])
+# A month's sessions (every namespace's), deleted: the drop keeps this only if
+# every one of them may go, and rolls it back otherwise.
+_DELETE_MONTH_SESSIONS = (
+    sa.delete(SESSIONS)
     .where(
         _S.month >= sa.bindparam("low"),
         _S.month < sa.bindparam("high"),
         _S.version > 0,
     )
-    .with_for_update()
+    .returning(_S.namespace, _S.session_id, _S.updated_ms, _S.message_count, _S["metadata"])
 )
-_DELETE_MONTH_SESSIONS = sa.delete(SESSIONS).where(
-    _S.namespace == _NS,
-    _S.month >= sa.bindparam("low"),
-    _S.month < sa.bindparam("high"),
-    _S.version > 0,
-)
+
+
+class _Keep(Exception):
+    """Raised inside a drop's transaction to roll it back: the month must stay."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,44 +151,51 @@ class ArchiveRetention(ArchiveBase):
     ) -> Plan[DroppedMonth | None]:
         """Drop ``partition`` with its sessions if all are past retention; ``None`` if not.
 
-        The month's session rows are locked first, so a concurrent write to
-        one of them either lands before (and the month is kept: the session
-        is active again) or waits and then finds the session gone. The drop
-        gives up after :data:`DROP_LOCK_TIMEOUT_MS` waiting for the table's
-        lock (running queries hold it), to be tried again by a later run.
+        One transaction: the partition is locked first (``ACCESS EXCLUSIVE``),
+        so no message lands in it unseen; then every session row of the month
+        is deleted, and the drop goes on only if all of them were this
+        namespace's, past retention, not held and not alive elsewhere (else it
+        rolls back). A write racing the drop either committed before the lock
+        (its session is then active, and the month stays) or waits and finds
+        its session gone. Readers of the messages table wait while this runs
+        (well under a second for a month of millions of messages); the lock is
+        awaited at most :data:`DROP_LOCK_TIMEOUT_MS`, then the month is left
+        to a later run.
         """
         if not self._pg or month_start_ms(partition.low) >= cutoff_ms:
             return None
-        bounds = {"ns": self.namespace, "low": partition.low, "high": partition.high}
+        bounds = {"low": partition.low, "high": partition.high}
+        name = partition.name
 
-        def work(conn: sa.Connection) -> DroppedMonth | None:
+        def work(conn: sa.Connection) -> DroppedMonth:
             conn.execute(sa.text(f"SET LOCAL lock_timeout = {DROP_LOCK_TIMEOUT_MS}"))
-            rows = conn.execute(_MONTH_SESSIONS, bounds).all()
+            conn.execute(sa.text(f'LOCK TABLE "{name}" IN ACCESS EXCLUSIVE MODE'))
+            rows = conn.execute(_DELETE_MONTH_SESSIONS, bounds).all()
             for row in rows:
                 if (
                     row.namespace != self.namespace
                     or row.updated_ms >= cutoff_ms
                     or _held(row.metadata, hold_key)
                 ):
-                    return None
+                    raise _Keep
             ids = [row.session_id for row in rows]
             if ids and live is not None and live(ids):
-                return None
-            name = partition.name
-            messages = conn.execute(sa.text(f'SELECT count(*) FROM "{name}"')).scalar_one()
-            if not dry_run:
-                conn.execute(_DELETE_MONTH_SESSIONS, bounds)
-                conn.execute(sa.text(f'DROP TABLE "{name}"'))
-            return DroppedMonth(name, len(ids), int(messages))
+                raise _Keep
+            dropped = DroppedMonth(name, len(ids), sum(int(r.message_count) for r in rows))
+            if dry_run:
+                raise _Keep(dropped)
+            conn.execute(sa.text(f'DROP TABLE "{name}"'))
+            return dropped
 
         try:
             dropped = yield from self._transaction(work, "writer")
+        except _Keep as keep:
+            return keep.args[0] if keep.args else None
         except Exception as exc:
             if _lock_timeout(exc):
                 return None
             raise
-        if dropped is not None and not dry_run:
-            self._partitions = tuple(p for p in self._partitions if p.name != partition.name)
+        self._partitions = tuple(p for p in self._partitions if p.name != partition.name)
         return dropped
 
     def _plan_retain_batch(
