@@ -11,7 +11,7 @@ COPY migrations ./migrations
 RUN pip install . \
     && useradd --create-home --uid 10001 tieredstore \
     && mkdir -p /var/lib/tieredstore/beat && chown -R tieredstore /var/lib/tieredstore
-# Run from outside /app so `import worker` resolves to the installed package.
+# Run from outside /app: the installed package (its worker is tieredstore.worker).
 WORKDIR /var/lib/tieredstore
 USER tieredstore
 CMD ["tieredstore", "--help"]

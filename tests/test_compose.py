@@ -119,5 +119,7 @@ def test_image_build_ships_the_packages() -> None:
     for package in ("tieredstore", "worker", "migrations"):
         assert f"COPY {package} ./{package}" in dockerfile
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
-    assert {"tieredstore", "worker", "migrations"} <= set(wheel)
+    wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert wheel["packages"] == ["tieredstore"]  # nothing else at the top level
+    assert wheel["force-include"] == {"worker": "tieredstore/worker",
+                                      "migrations": "tieredstore/migrations"}

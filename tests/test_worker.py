@@ -30,7 +30,7 @@ from tests.conftest import REDIS_URL
 from tieredstore.store import TieredStore
 
 ROOT = Path(__file__).resolve().parent.parent
-CELERY = [sys.executable, "-m", "celery", "-A", "worker"]
+CELERY = [sys.executable, "-m", "celery", "-A", "tieredstore.worker"]
 BROKER_DB = 14
 AMQP_URL = os.environ.get("TIEREDSTORE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 

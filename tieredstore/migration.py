@@ -9,7 +9,6 @@ serialises them).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,17 +29,14 @@ Target = str | sa.URL | sa.Engine | sa.Connection
 def migrations_dir() -> Path:
     """The folder of the bundled Alembic environment (``env.py`` and ``versions/``).
 
-    Found beside the ``tieredstore`` package rather than by importing a
-    top-level ``migrations`` package, which an application may have too.
+    Inside the package in an installed wheel (``tieredstore/migrations``),
+    beside it in a source checkout; never found by importing a top-level
+    ``migrations`` package, which an application may have too.
     """
-    beside = Path(__file__).resolve().parent.parent / "migrations"
-    if (beside / "env.py").is_file():
-        return beside
-    spec = importlib.util.find_spec("migrations")  # pragma: no cover - unusual layouts
-    if spec is not None and spec.origin is not None:  # pragma: no cover
-        found = Path(spec.origin).parent
-        if (found / "env.py").is_file():
-            return found
+    package = Path(__file__).resolve().parent
+    for folder in (package / "migrations", package.parent / "migrations"):
+        if (folder / "env.py").is_file():
+            return folder
     raise RuntimeError("tieredstore's migrations folder is missing from this installation")
 
 

@@ -1,10 +1,12 @@
-"""tieredstore's maintenance worker: ``celery -A worker worker`` and ``celery -A worker beat``.
+"""tieredstore's maintenance worker: ``celery -A tieredstore.worker worker`` (and ``beat``).
 
 Configured entirely by ``TIEREDSTORE_*`` environment variables (see the
-README's operations section); :mod:`worker.tasks` holds the tasks and
-:mod:`worker.schedule` the beat schedule.
+README's operations section); ``tasks`` holds the tasks and ``schedule``
+the beat schedule. The wheel installs this folder as ``tieredstore.worker``
+(never as a top-level ``worker``, which an application may have), so its
+modules import each other relatively.
 """
 
-from worker.app import app, create_app
+from .app import app, create_app
 
 __all__ = ["app", "create_app"]

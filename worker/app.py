@@ -17,7 +17,7 @@ from celery import Celery
 
 from tieredstore.errors import ConfigurationError
 from tieredstore.maintenance import MaintenanceSettings
-from worker.schedule import beat_schedule
+from .schedule import beat_schedule
 
 __all__ = ["app", "broker_url", "create_app", "queue_name"]
 
@@ -46,7 +46,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Celery:
     env = os.environ if env is None else env
     settings = MaintenanceSettings.from_env(env)
     queue = queue_name(env)
-    app = Celery("tieredstore", broker=broker_url(env), include=["worker.tasks"])
+    app = Celery("tieredstore", broker=broker_url(env), include=[f"{__package__}.tasks"])
     app.conf.update(
         task_default_queue=queue,
         task_acks_late=True,
