@@ -17,6 +17,7 @@ from celery import Celery
 
 from tieredstore.errors import ConfigurationError
 from tieredstore.maintenance import MaintenanceSettings
+
 from .schedule import beat_schedule
 
 __all__ = ["app", "broker_url", "create_app", "queue_name"]

@@ -51,6 +51,7 @@ from tieredstore import maintenance
 from tieredstore.maintenance import MaintenanceResult, MaintenanceSettings
 from tieredstore.store import TieredStore
 from tieredstore.tiers.redis import RedisKeys
+
 from .app import app, broker_url
 
 __all__ = [
