@@ -82,6 +82,17 @@ def test_the_wheel_installs_tieredstore_alone(wheel: Path) -> None:
     assert "tieredstore/worker.py" not in names  # the source checkout's stand-in
 
 
+def test_the_wheel_says_which_pythons_and_bounds_its_dependencies(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        (meta,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        lines = archive.read(meta).decode().splitlines()
+    assert "Requires-Python: >=3.11" in lines
+    for version in ("3.11", "3.12", "3.13"):
+        assert f"Classifier: Programming Language :: Python :: {version}" in lines
+    requires = [line for line in lines if line.startswith("Requires-Dist:")]
+    assert requires and all("<" in line for line in requires if "extra ==" not in line)
+
+
 def test_the_wheel_ships_every_lua_script_and_they_load(wheel: Path, tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
