@@ -242,3 +242,30 @@ def test_maintain_retain_and_partitions(cli: Cli, pg_engine: sa.Engine) -> None:
     missing = cli.run("maintain", "retain")
     assert missing.returncode != 0 and "retention-days" in missing.stderr
     cli.store.delete("ancient-held")
+
+
+def _one_line_error(done: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert done.returncode == code, (done.returncode, done.stderr)
+    lines = [line for line in done.stderr.strip().splitlines() if line.startswith("Error")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_settings_and_urls_at_fault_are_named_in_one_line(cli: Cli) -> None:
+    _one_line_error(cli.run("list", env={"TIEREDSTORE_MAX_MESSAGES": "abc"}), 1,
+                    "TIEREDSTORE_MAX_MESSAGES", "'abc'")
+    _one_line_error(cli.run("list", env={"TIEREDSTORE_BUCKETS": "1.5"}), 1,
+                    "TIEREDSTORE_BUCKETS")
+    _one_line_error(cli.run("maintain", "expire", env={"TIEREDSTORE_DEFAULT_TTL": "soon"}), 1,
+                    "TIEREDSTORE_DEFAULT_TTL", "a number")
+    _one_line_error(cli.run("list", env={"TIEREDSTORE_DATABASE_URL": "nope://"}), 1,
+                    "no database driver", "nope://")
+    _one_line_error(cli.run("migrate", "--database-url", "::::"), 1, "not a database URL")
+    _one_line_error(cli.run("migrate", "--database-url", "bogus://x"), 1, "bogus")
+    _one_line_error(cli.run("migrate", "--revision", "bogus"), 2, "--revision", "bogus")
+    older = cli.run("migrate", "--revision", "0001")  # the archive is at head: refused
+    _one_line_error(older, 1, "only upgrades")
+    reached = cli.run("migrate")
+    assert reached.returncode == 0 and reached.stdout.strip() == "archive at 0004"
+    _one_line_error(cli.run("export", "--session", "c-1", "--session", "nope"), 3, "'nope'")

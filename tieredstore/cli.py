@@ -16,10 +16,16 @@ from tieredstore.errors import TieredStoreError
 __all__ = ["main"]
 
 
+_debug = False
+
+
 @click.group()
 @click.version_option(package_name="tieredstore")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error.")
+def cli(debug: bool) -> None:
     """Conversation state for LLM apps: memory, Redis and an archive behind one API."""
+    global _debug
+    _debug = debug
 
 
 @cli.command()
@@ -87,14 +93,37 @@ def _fmt(values: dict[str, Any]) -> str:
 )
 @click.option("--revision", default="head", show_default=True)
 def migrate(database_url: str, revision: str) -> None:
-    """Upgrade the archive schema (Alembic) to REVISION."""
+    """Upgrade the archive schema (Alembic) to REVISION; print the revision reached.
+
+    Never downgrades: a REVISION older than the archive's is refused.
+    """
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    from tieredstore.migration import config, current_revision
     from tieredstore.migration import migrate as run
 
     try:
+        script = ScriptDirectory.from_config(config())
+        try:
+            wanted = script.get_revision(revision)
+        except CommandError as exc:
+            raise click.BadParameter(str(exc), param_hint="--revision") from None
+        now = current_revision(database_url)
+        if now is not None and wanted is not None and wanted.revision != now and any(
+                r.revision == wanted.revision for r in script.iterate_revisions(now, "base")):
+            raise click.ClickException(
+                f"the archive is at {now}; --revision {revision} is older and migrate only "
+                "upgrades (use tieredstore.migration.downgrade to go back)")
         run(database_url, revision=revision)
+        reached = current_revision(database_url)
     except TieredStoreError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"archive at {revision}")
+    except CommandError as exc:
+        raise click.ClickException(f"migration failed: {exc}") from exc
+    except sa_errors() as exc:
+        raise click.ClickException(f"--database-url: {_first_line(exc)}") from exc
+    click.echo(f"archive at {reached}")
 
 
 @cli.group()
@@ -279,9 +308,32 @@ def _register_archive_commands() -> None:
 _register_archive_commands()
 
 
+def sa_errors() -> tuple[type[BaseException], ...]:
+    """Database errors that can escape a command (a server that refuses, a bad URL)."""
+    import sqlalchemy as sa
+
+    return (sa.exc.SQLAlchemyError, OSError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every error is one line on stderr (``--debug``: a traceback)."""
     try:
         cli(standalone_mode=True)
     except KeyboardInterrupt:  # pragma: no cover
         sys.exit(130)
+    except TieredStoreError as exc:
+        if _debug:
+            raise
+        click.echo(f"Error: {_first_line(exc)}", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        if _debug:
+            raise
+        click.echo(f"Error: {type(exc).__name__}: {_first_line(exc)} (--debug shows where)",
+                   err=True)
+        sys.exit(1)

@@ -309,6 +309,7 @@ def export_command(user_id: str | None, session_ids: tuple[str, ...], output: IO
     if (user_id is None) == (not session_ids):
         raise click.UsageError("give --user or --session (not both)")
     counts = {"sessions": 0, "messages": 0}
+    exported: set[str] = set()
     with _store() as store, _progress("exporting", output is not sys.stdout.buffer) as update:
         query = _archive(store)
         for line in query.export(user_id=user_id, session_ids=list(session_ids) or None,
@@ -316,6 +317,8 @@ def export_command(user_id: str | None, session_ids: tuple[str, ...], output: IO
             output.write(line)
             if line.startswith(b'{"type":"session"'):
                 counts["sessions"] += 1
+                if session_ids:
+                    exported.add(json.loads(line)["session_id"])
             else:
                 counts["messages"] += 1
                 if counts["messages"] % 1000 == 0:
@@ -323,6 +326,9 @@ def export_command(user_id: str | None, session_ids: tuple[str, ...], output: IO
     output.flush()
     click.echo(f"exported {counts['sessions']} session(s), {counts['messages']} message(s)",
                err=True)
+    missing = [sid for sid in dict.fromkeys(session_ids) if sid not in exported]
+    if missing:
+        raise NotFound(f"not in the archive: {', '.join(repr(sid) for sid in missing)}")
 
 
 @click.command("import")

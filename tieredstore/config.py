@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 from tieredstore.errors import InvalidInput
 
-__all__ = ["Limits"]
+__all__ = ["Limits", "env_number"]
+
+T = TypeVar("T", int, float)
+D = TypeVar("D")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,3 +39,19 @@ class Limits:
 DEFAULT_BUCKETS = 16
 """Redis buckets per namespace unless a store is told otherwise (see
 :mod:`tieredstore.tiers.redis.keys`)."""
+
+
+def env_number(env: Mapping[str, str], name: str, kind: type[T], default: D) -> T | D:
+    """The ``TIEREDSTORE_*`` variable ``name`` as an ``int`` or a ``float``; ``default`` unset.
+
+    A value that does not parse raises :class:`InvalidInput` naming the
+    variable, so an operator sees which setting is wrong.
+    """
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise InvalidInput(f"{name} must be {noun}, got {raw!r}") from None

@@ -40,6 +40,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tieredstore.config import env_number
 from tieredstore.errors import InvalidInput
 from tieredstore.policy import plan_trim_bytes
 from tieredstore.tiers.archive import ArchiveCopy, PreparedCopies
@@ -102,13 +103,11 @@ class MaintenanceResult:
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    return float(raw) if raw else default
+    return env_number(env, name, float, default)
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
-    raw = env.get(name)
-    return int(raw) if raw else default
+    return env_number(env, name, int, default)
 
 
 def _env_bool(env: Mapping[str, str], name: str) -> bool | None:

@@ -157,8 +157,27 @@ messages = sa.Table(
 
 
 def normalize_url(url: str | sa.URL) -> sa.URL:
-    """Parse ``url``; plain ``postgresql://``/``postgres://`` means psycopg 3."""
-    parsed = sa.make_url(url)
+    """Parse ``url``; plain ``postgresql://``/``postgres://`` means psycopg 3.
+
+    A URL SQLAlchemy cannot parse, or whose database it has no driver for,
+    raises :class:`~tieredstore.errors.InvalidInput` (the password hidden).
+    """
+    from tieredstore.errors import InvalidInput
+
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        shown = str(url).split("://", 1)[0] + "://…" if "://" in str(url) else repr(str(url))
+        raise InvalidInput(
+            f"not a database URL: {shown} (expected postgresql://… or sqlite:///…)"
+        ) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    try:
+        parsed.get_dialect()
+    except (sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise InvalidInput(
+            f"no database driver for {parsed.render_as_string(hide_password=True)!r}: "
+            f"{exc} (expected postgresql://… or sqlite:///…)"
+        ) from None
     return parsed

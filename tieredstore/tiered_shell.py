@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Self
 
 from tieredstore.base import StoreCore
 from tieredstore.coherence import SeenGenerations
-from tieredstore.config import DEFAULT_BUCKETS
+from tieredstore.config import DEFAULT_BUCKETS, env_number
 from tieredstore.core import TTLLike
 from tieredstore.locking import LocalLocks
 from tieredstore.tiering import Durability, TieredCore
@@ -62,16 +62,20 @@ def settings_from_env(overrides: Mapping[str, Any]) -> dict[str, Any]:
         "durability": env.get("TIEREDSTORE_DURABILITY", "archive"),
         "migrate": env.get("TIEREDSTORE_MIGRATE", "0").lower() in ("1", "true", "yes"),
     }
-    if "TIEREDSTORE_MEMORY_MAX_BYTES" in env:
-        settings["memory_max_bytes"] = int(env["TIEREDSTORE_MEMORY_MAX_BYTES"]) or None
-    if env.get("TIEREDSTORE_DEFAULT_TTL"):
-        settings["default_ttl"] = timedelta(seconds=float(env["TIEREDSTORE_DEFAULT_TTL"]))
-    if env.get("TIEREDSTORE_MAX_MESSAGES"):
-        settings["max_messages"] = int(env["TIEREDSTORE_MAX_MESSAGES"])
-    if env.get("TIEREDSTORE_STALE_AFTER"):
-        settings["stale_after"] = float(env["TIEREDSTORE_STALE_AFTER"])
-    if env.get("TIEREDSTORE_BUCKETS"):
-        settings["buckets"] = int(env["TIEREDSTORE_BUCKETS"])
+    memory = env_number(env, "TIEREDSTORE_MEMORY_MAX_BYTES", int, None)
+    if memory is not None:
+        settings["memory_max_bytes"] = memory or None
+    ttl = env_number(env, "TIEREDSTORE_DEFAULT_TTL", float, None)
+    if ttl is not None:
+        settings["default_ttl"] = timedelta(seconds=ttl)
+    for name, key, kind in (
+        ("TIEREDSTORE_MAX_MESSAGES", "max_messages", int),
+        ("TIEREDSTORE_STALE_AFTER", "stale_after", float),
+        ("TIEREDSTORE_BUCKETS", "buckets", int),
+    ):
+        value = env_number(env, name, kind, None)
+        if value is not None:
+            settings[key] = value
     settings.update(overrides)
     if not settings["redis_url"] and not settings["database_url"]:
         settings["database_url"] = f"sqlite:///{default_data_dir() / 'archive.db'}"

@@ -73,15 +73,12 @@ _DELETE_SESSIONS_OF = sa.delete(SESSIONS).where(
     _S.namespace == _NS, _S.session_id.in_(_IDS), _S.version > 0
 )
 # A month's sessions (every namespace's), deleted: the drop keeps this only if
-# every one of them may go, and rolls it back otherwise.
-_DELETE_MONTH_SESSIONS = (
-    sa.delete(SESSIONS)
-    .where(
-        _S.month >= sa.bindparam("low"),
-        _S.month < sa.bindparam("high"),
-        _S.version > 0,
-    )
-    .returning(_S.namespace, _S.session_id, _S.updated_ms, _S.message_count, _S["metadata"])
+# every one of them may go, and rolls it back otherwise. The hold is tested by
+# the server: a month's metadata never travels to the client.
+_DELETE_MONTH_SESSIONS = sa.text(
+    f"DELETE FROM {SESSIONS.name} WHERE month >= :low AND month < :high AND version > 0 "
+    "RETURNING namespace, session_id, updated_ms, message_count, "
+    "coalesce(metadata -> CAST(:hold_key AS text) = 'true'::jsonb, false) AS held"
 )
 
 
@@ -164,7 +161,7 @@ class ArchiveRetention(ArchiveBase):
         """
         if not self._pg or month_start_ms(partition.low) >= cutoff_ms:
             return None
-        bounds = {"low": partition.low, "high": partition.high}
+        bounds = {"low": partition.low, "high": partition.high, "hold_key": hold_key}
         name = partition.name
 
         def work(conn: sa.Connection) -> DroppedMonth:
@@ -172,11 +169,7 @@ class ArchiveRetention(ArchiveBase):
             conn.execute(sa.text(f'LOCK TABLE "{name}" IN ACCESS EXCLUSIVE MODE'))
             rows = conn.execute(_DELETE_MONTH_SESSIONS, bounds).all()
             for row in rows:
-                if (
-                    row.namespace != self.namespace
-                    or row.updated_ms >= cutoff_ms
-                    or _held(row.metadata, hold_key)
-                ):
+                if row.namespace != self.namespace or row.updated_ms >= cutoff_ms or row.held:
                     raise _Keep
             ids = [row.session_id for row in rows]
             if ids and live is not None and live(ids):
