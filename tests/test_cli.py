@@ -110,6 +110,13 @@ def test_list_and_show(cli: Cli) -> None:
     assert "Your invoice shows 99 EUR." in done.stdout
     table = cli.run("list", "--archive")
     assert table.returncode == 0 and "c-3" in table.stdout
+    long_id = "c-" + "x" * 150  # piped tables keep ids whole, however wide
+    cli.store.save(long_id, [Message("user", "a long id")], metadata={"plan": "pro"})
+    try:
+        wide = cli.run("list", "--archive", "--metadata", "plan=pro")
+        assert wide.returncode == 0 and long_id in wide.stdout and "…" not in wide.stdout
+    finally:
+        cli.store.delete(long_id)
 
 
 def test_search(cli: Cli) -> None:

@@ -76,9 +76,12 @@ def _emit_json(value: Any) -> None:
 
 
 def _console(stderr: bool = False) -> Any:
+    """A rich console; piped output is not cut to a terminal's width (ids stay whole)."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 100_000
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
 def _time(value: str | None) -> datetime | float | None:
