@@ -15,6 +15,7 @@ import gc
 import inspect
 import socket
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -187,7 +188,12 @@ def test_the_loop_watch_sees_blocking_calls(pg_url: str, monkeypatch: pytest.Mon
             sqlite3.connect(":memory:").close()
             socket.getaddrinfo("127.0.0.1", 6379)
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                pool.submit(time.sleep, 0.001).result()
+                # the task ends half a second after result() is called, so result()
+                # always waits (a task quicker than a descheduled loop would not)
+                gate = threading.Event()
+                future = pool.submit(gate.wait, 30)
+                threading.Timer(0.5, gate.set).start()
+                future.result()
             sum(i * i for i in range(3_000_000))  # a step computing for long
 
     with loop_watch(monkeypatch) as watch:
