@@ -215,14 +215,21 @@ def test_retain_keeps_other_namespaces_and_their_months(
         assert partition_name(202502) in _names(ours)
 
 
-def test_a_drop_that_waits_on_a_reader_gives_way_to_batches(
-        make: Callable[..., ArchiveStore], clock: FakeClock, engine: sa.Engine) -> None:
+def _three_in_february(make: Callable[..., ArchiveStore], clock: FakeClock,
+                       engine: sa.Engine) -> ArchiveStore:
+    """A store with three February sessions of two messages (PostgreSQL only)."""
     if not _pg(engine):
         pytest.skip("partitions are PostgreSQL's")
     store = make()
     clock.now = FEB
     for i in range(3):
         store.save(f"feb-{i}", _msgs(f"feb-{i}", 2))
+    return store
+
+
+def test_a_drop_that_waits_on_a_reader_gives_way_to_batches(
+        make: Callable[..., ArchiveStore], clock: FakeClock, engine: sa.Engine) -> None:
+    store = _three_in_february(make, clock, engine)
     with engine.connect() as reader:  # a long query holds the messages table's lock
         reader.execute(sa.text(f"SELECT count(*) FROM {MESSAGES}"))
         result = maintenance.retain(_tiered(store), retention_days=30, now=JUN)
@@ -330,12 +337,7 @@ def test_a_session_arriving_in_a_month_being_dropped_is_kept(
     then sees the session (active: it keeps the month) rather than dropping
     the partition under messages it never saw.
     """
-    if not _pg(engine):
-        pytest.skip("partitions are PostgreSQL's")
-    store = make()
-    clock.now = FEB
-    for i in range(3):
-        store.save(f"feb-{i}", _msgs(f"feb-{i}", 2))
+    store = _three_in_february(make, clock, engine)
     clock.now = JUN
     born, active = int(FEB * 1000), int(JUN * 1000)
     holding = threading.Event()
