@@ -420,3 +420,14 @@ def test_async_queries_match_the_sync_ones(backend: str, request: pytest.Fixture
         for i in range(6):
             store.delete(f"s{i}")
         engine.dispose()
+
+
+def test_a_search_without_text_snips_the_start_of_each_message(corpus: Corpus) -> None:
+    long_text = "word " * 60
+    corpus.store.save("snip-long", [Message("user", long_text), Message("user", "short")])
+    try:
+        page = corpus.query.search(session_ids=["snip-long"])
+        snippets = sorted(hit.snippet for hit in page.hits)
+        assert snippets == sorted(["short", long_text[:160] + "…"])
+    finally:
+        corpus.store.delete("snip-long")

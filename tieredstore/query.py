@@ -331,7 +331,10 @@ class ArchiveQuery:
         )
         found = self._run(lambda conn: run_pg(conn, spec))
         self.last_plan = found.plan
-        return SearchRows([tuple(r) for r in found.rows], found.plan, found.resume)
+        rows = [tuple(r) for r in found.rows]
+        if text is None:  # the statement gave the whole text: the start of it is the snippet
+            rows = [(*r[:5], make_snippet(r[5], [], highlight)) for r in rows]
+        return SearchRows(rows, found.plan, found.resume)
 
     def search_all(self, text: str | None = None, **filters: Any) -> Iterator[SearchHit]:
         """Every hit of :meth:`search`, page after page."""

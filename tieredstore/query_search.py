@@ -121,10 +121,11 @@ def _statement(search: Search, m: Any, *, full_text: bool, where: Sequence[Any] 
     text = sa.func.tieredstore_message_text(inner.c.payload, inner.c.content_text,
                                             type_=sa.Text())
     config: sa.ColumnElement[Any] = sa.literal_column(f"'{search.language}'::regconfig")
+    # without text the caller cuts the snippet from the whole text (make_snippet)
     snippet = (
         sa.func.ts_headline(config, sa.func.coalesce(text, ""), search.tsquery, search.headline)
         if search.tsquery is not None
-        else sa.func.left(sa.func.coalesce(text, ""), 160)
+        else sa.func.coalesce(text, "")
     )
     return sa.select(
         inner.c.session_id, inner.c.seq, inner.c.created_ms, inner.c.role, inner.c.user_id,
