@@ -97,6 +97,7 @@ def migrate(database_url: str, revision: str) -> None:
 
     Never downgrades: a REVISION older than the archive's is refused.
     """
+    import sqlalchemy as sa
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 
@@ -121,7 +122,7 @@ def migrate(database_url: str, revision: str) -> None:
         raise click.ClickException(str(exc)) from exc
     except CommandError as exc:
         raise click.ClickException(f"migration failed: {exc}") from exc
-    except sa_errors() as exc:
+    except (sa.exc.SQLAlchemyError, OSError) as exc:  # a server that refuses
         raise click.ClickException(f"--database-url: {_first_line(exc)}") from exc
     click.echo(f"archive at {reached}")
 
@@ -306,13 +307,6 @@ def _register_archive_commands() -> None:
 
 
 _register_archive_commands()
-
-
-def sa_errors() -> tuple[type[BaseException], ...]:
-    """Database errors that can escape a command (a server that refuses, a bad URL)."""
-    import sqlalchemy as sa
-
-    return (sa.exc.SQLAlchemyError, OSError)
 
 
 def _first_line(exc: BaseException) -> str:

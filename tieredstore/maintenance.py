@@ -102,14 +102,6 @@ class MaintenanceResult:
         return asdict(self)
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    return env_number(env, name, float, default)
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
-    return env_number(env, name, int, default)
-
-
 def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
     raw = env.get(name)
     if not raw:
@@ -153,29 +145,31 @@ class MaintenanceSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> MaintenanceSettings:
         env = os.environ if env is None else env
         d = cls()
+
+        def seconds(name: str, default: float) -> float:
+            return env_number(env, name, float, default)
+
+        def count(name: str, default: int | None) -> int | None:
+            return env_number(env, name, int, default)
+
         return cls(
-            archive_after=_env_float(env, "TIEREDSTORE_ARCHIVE_AFTER", d.archive_after),
-            expire_interval=_env_float(env, "TIEREDSTORE_EXPIRE_INTERVAL", d.expire_interval),
-            archive_interval=_env_float(env, "TIEREDSTORE_ARCHIVE_INTERVAL", d.archive_interval),
-            trim_interval=_env_float(env, "TIEREDSTORE_TRIM_INTERVAL", d.trim_interval),
-            reconcile_interval=_env_float(
-                env, "TIEREDSTORE_RECONCILE_INTERVAL", d.reconcile_interval
-            ),
-            batch_size=_env_int(env, "TIEREDSTORE_BATCH_SIZE", d.batch_size) or d.batch_size,
-            max_batches=_env_int(env, "TIEREDSTORE_MAX_BATCHES", d.max_batches) or d.max_batches,
-            time_budget=_env_float(env, "TIEREDSTORE_TIME_BUDGET", d.time_budget),
-            lock_ttl=_env_float(env, "TIEREDSTORE_LOCK_TTL", d.lock_ttl),
-            max_chain=_env_int(env, "TIEREDSTORE_MAX_CHAIN", d.max_chain) or 0,
-            trim_max_bytes=_env_int(env, "TIEREDSTORE_TRIM_MAX_BYTES", None),
+            archive_after=seconds("TIEREDSTORE_ARCHIVE_AFTER", d.archive_after),
+            expire_interval=seconds("TIEREDSTORE_EXPIRE_INTERVAL", d.expire_interval),
+            archive_interval=seconds("TIEREDSTORE_ARCHIVE_INTERVAL", d.archive_interval),
+            trim_interval=seconds("TIEREDSTORE_TRIM_INTERVAL", d.trim_interval),
+            reconcile_interval=seconds("TIEREDSTORE_RECONCILE_INTERVAL", d.reconcile_interval),
+            batch_size=count("TIEREDSTORE_BATCH_SIZE", d.batch_size) or d.batch_size,
+            max_batches=count("TIEREDSTORE_MAX_BATCHES", d.max_batches) or d.max_batches,
+            time_budget=seconds("TIEREDSTORE_TIME_BUDGET", d.time_budget),
+            lock_ttl=seconds("TIEREDSTORE_LOCK_TTL", d.lock_ttl),
+            max_chain=count("TIEREDSTORE_MAX_CHAIN", d.max_chain) or 0,
+            trim_max_bytes=count("TIEREDSTORE_TRIM_MAX_BYTES", None),
             trim_keep=_env_bool(env, "TIEREDSTORE_TRIM_KEEP"),
-            parallel=_env_int(env, "TIEREDSTORE_PARALLEL", d.parallel) or d.parallel,
-            retention_days=_env_float(env, "TIEREDSTORE_RETENTION_DAYS", 0.0) or None,
-            retain_interval=_env_float(env, "TIEREDSTORE_RETAIN_INTERVAL", d.retain_interval),
-            partitions_interval=_env_float(
-                env, "TIEREDSTORE_PARTITIONS_INTERVAL", d.partitions_interval
-            ),
-            partitions_ahead=_env_int(env, "TIEREDSTORE_PARTITIONS_AHEAD", d.partitions_ahead)
-            or 0,
+            parallel=count("TIEREDSTORE_PARALLEL", d.parallel) or d.parallel,
+            retention_days=seconds("TIEREDSTORE_RETENTION_DAYS", 0.0) or None,
+            retain_interval=seconds("TIEREDSTORE_RETAIN_INTERVAL", d.retain_interval),
+            partitions_interval=seconds("TIEREDSTORE_PARTITIONS_INTERVAL", d.partitions_interval),
+            partitions_ahead=count("TIEREDSTORE_PARTITIONS_AHEAD", d.partitions_ahead) or 0,
         )
 
 
@@ -712,7 +706,7 @@ def retain(
         return run.result()
     if isinstance(retention_days, bool) or not retention_days > 0:
         raise InvalidInput(f"retention_days must be positive, got {retention_days!r}")
-    now_ms = _now_ms(now) or int(archive.clock() * 1000)
+    now_ms = int((archive.clock() if now is None else now) * 1000)
     cutoff = now_ms - int(retention_days * 86_400_000)
     hot = store.redis
     live = (lambda ids: list(hot.live_expiry(ids))) if hot is not None else None

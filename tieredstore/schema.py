@@ -25,6 +25,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from tieredstore.errors import InvalidInput
+
 __all__ = [
     "DEFAULT_FTS_LANGUAGE",
     "FTS_INDEX",
@@ -162,8 +164,6 @@ def normalize_url(url: str | sa.URL) -> sa.URL:
     A URL SQLAlchemy cannot parse, or whose database it has no driver for,
     raises :class:`~tieredstore.errors.InvalidInput` (the password hidden).
     """
-    from tieredstore.errors import InvalidInput
-
     try:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
