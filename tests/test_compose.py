@@ -123,3 +123,34 @@ def test_image_build_ships_the_packages() -> None:
     assert wheel["packages"] == ["tieredstore"]  # nothing else at the top level
     assert wheel["force-include"] == {"worker": "tieredstore/worker",
                                       "migrations": "tieredstore/migrations"}
+
+
+def _default(value: str) -> str:
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_documented_test_url_matches_the_compose_postgres(compose: dict[str, Any]) -> None:
+    """The README's "tests against compose" instructions can work as written: the
+    servers it starts exist, and its admin URL uses the compose PostgreSQL's
+    default user, password and published port, and a database the image creates."""
+    readme = (ROOT / "README.md").read_text()
+    up = re.search(r"docker compose up -d (?:--wait )?([a-z ]+)\n", readme)
+    assert up is not None
+    assert set(up.group(1).split()) <= set(compose["services"])
+    match = re.search(r"TIEREDSTORE_TEST_PG_URL=(\S+)", readme)
+    assert match is not None
+    import sqlalchemy as sa
+
+    url = sa.make_url(match.group(1))
+    postgres = compose["services"]["postgres"]
+    env = {key: _default(str(value)) for key, value in postgres["environment"].items()}
+    assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
+    assert url.database in {"postgres", env["POSTGRES_DB"]}
+    published = [str(port).rsplit(":", 2) for port in postgres["ports"]]
+    assert [url.host, str(url.port or 5432)] in [p[:2] for p in published]
+    assert "redis" in up.group(1).split() and "postgres" in up.group(1).split()
+
+
+def test_compose_v2_is_stated() -> None:
+    assert "Compose v2" in (ROOT / "README.md").read_text()
+    assert "Compose v2" in (ROOT / "docker-compose.yml").read_text()
