@@ -7,8 +7,14 @@
   (``pip install 'tieredstore[openai-agents]'``):
   :class:`~tieredstore.integrations.openai_agents.TieredSession`, an OpenAI
   Agents SDK ``Session``.
+* :mod:`tieredstore.integrations.llama_index` (``pip install 'tieredstore[llama-index]'``):
+  :class:`~tieredstore.integrations.llama_index.TieredChatStore`, a LlamaIndex
+  ``BaseChatStore``.
+* :mod:`tieredstore.integrations.google_adk` (``pip install 'tieredstore[google-adk]'``):
+  :class:`~tieredstore.integrations.google_adk.TieredSessionService`, a Google
+  ADK ``BaseSessionService``.
 
-Both take any store — sync (``TieredStore``, ``RedisStore``, ...) or async
+Each takes any store — sync (``TieredStore``, ``RedisStore``, ...) or async
 (``AsyncTieredStore``, ...). Their I/O is written once as plans (see
 :mod:`tieredstore.plans`): awaited on an async store, called directly on a
 sync one, and run in a worker thread when async code uses a sync store.

@@ -12,6 +12,10 @@
         input_messages_key="question", history_messages_key="history",
     )
 
+    # or, like langchain-redis's RedisChatMessageHistory, one object per session:
+    history = TieredChatMessageHistory.from_url("s-1", redis_url=..., database_url=..., ttl=3600)
+    history.add_messages([...]); len(history); history.search_messages("refund"); history.close()
+
 Each LangChain message is stored as one tieredstore message: its own fields
 (``model_dump(mode="json")``: ``type``, ``content``, ``tool_calls``,
 ``additional_kwargs``, ``response_metadata``, ``id``, ``tool_call_id``, ...)
@@ -23,12 +27,23 @@ tool calls included) load as their LangChain equivalents.
 
 ``add_messages`` appends all messages of a call atomically; ``last`` limits
 what is loaded to the newest messages.
+
+Compared with langchain-redis's ``RedisChatMessageHistory``: ``id``,
+``len()``, ``clear()``, a session id checked at construction (a
+``ValueError``) and ``ttl`` behave alike — ``ttl`` is in seconds, set by
+every write and not refreshed by reads, and ``0`` or ``None`` sets no expiry.
+Where they differ: the whole history expires ``ttl`` after the last write
+(langchain-redis expires each message ``ttl`` after its own write);
+``search_messages`` runs the archive's search (see
+:meth:`TieredChatMessageHistory.search_messages`); there is no ``delete()``
+dropping every session's index.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
 
 from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import (
@@ -43,11 +58,15 @@ from langchain_core.messages import (
     messages_from_dict,
 )
 
-from tieredstore.core import TTLLike
+from tieredstore.config import Limits
+from tieredstore.core import TTLLike, check_last, check_limit, check_session_id
 from tieredstore.errors import SessionNotFound
 from tieredstore.integrations import async_target, sync_target
+from tieredstore.integrations.search import SessionSearch
+from tieredstore.integrations.shared import optional_ttl, shared_tiered_store
 from tieredstore.model import thaw_json
 from tieredstore.plans import Op, Plan, arun, run
+from tieredstore.tiering import Durability
 
 __all__ = ["TieredChatMessageHistory", "from_record", "to_record"]
 
@@ -95,10 +114,14 @@ class TieredChatMessageHistory(BaseChatMessageHistory):
     """The history of one session in a tieredstore store, for LangChain.
 
     ``store`` is a sync or an async store: the sync methods (``messages``,
-    ``add_messages``, ``clear``) need a sync one; the async ones
-    (``aget_messages``, ``aadd_messages``, ``aclear``) await an async store
-    and run a sync store's calls in a worker thread. ``last`` loads only the
-    newest messages; ``ttl`` applies to every write.
+    ``add_messages``, ``clear``, ``len()``, ``search_messages``) need a sync
+    one; the async ones (``aget_messages``, ``aadd_messages``, ``aclear``,
+    ``alen``, ``asearch_messages``) await an async store and run a sync
+    store's calls in a worker thread. ``last`` loads only the newest messages;
+    ``ttl`` (seconds or a ``timedelta``; ``0`` or ``None``: none of its own,
+    the store's ``default_ttl`` applies) is set by every write. The session
+    id, ``last`` and ``ttl`` are checked here, so a bad one fails at
+    construction (``InvalidSessionId`` / ``InvalidInput``, both ``ValueError``).
     """
 
     def __init__(
@@ -110,10 +133,81 @@ class TieredChatMessageHistory(BaseChatMessageHistory):
         ttl: TTLLike | None = None,
     ) -> None:
         super().__init__()
+        limits = getattr(store, "limits", None)
+        self.session_id = check_session_id(
+            session_id, limits if isinstance(limits, Limits) else Limits()
+        )
         self.store = store
-        self.session_id = session_id
-        self.last = last
-        self.ttl = ttl
+        self.last = check_last(last)
+        self.ttl = optional_ttl(ttl)
+        self._release: Callable[[], None] | None = None
+        self._search: SessionSearch | None = None
+
+    @classmethod
+    def from_url(
+        cls,
+        session_id: str,
+        *,
+        redis_url: str | None = None,
+        database_url: str | None = None,
+        ttl: TTLLike | None = None,
+        last: int | None = None,
+        durability: Durability | None = None,
+        **store_options: Any,
+    ) -> Self:
+        """The session's history on a :class:`~tieredstore.TieredStore` built from URLs.
+
+        ``redis_url``/``database_url`` are those of ``TieredStore.from_url``
+        (neither: the embedded default, memory + SQLite); ``store_options``
+        (``namespace``, ``max_messages``, ``migrate``, ...) go to it too.
+        ``durability`` defaults to ``"write_through"`` when both URLs are
+        given, so that :meth:`search_messages` sees every message as soon as
+        it is added (``"archive"``: only once the worker has archived it).
+
+        Every history built with the same settings shares one store (so a
+        factory may call this per request); :meth:`close` gives it back and
+        the last one closes it. The arguments are checked before any
+        connection is made.
+        """
+        limits = store_options.get("limits")
+        check_session_id(session_id, limits if isinstance(limits, Limits) else Limits())
+        check_last(last)
+        optional_ttl(ttl)
+        store, release = shared_tiered_store({
+            **store_options, "redis_url": redis_url, "database_url": database_url,
+            "durability": durability,
+        })
+        try:
+            history = cls(store, session_id, last=last, ttl=ttl)
+        except BaseException:
+            release()
+            raise
+        history._release = release
+        return history
+
+    @property
+    def id(self) -> str:
+        """The session id (as langchain-redis's ``RedisChatMessageHistory.id``)."""
+        return self.session_id
+
+    def close(self) -> None:
+        """Give back the store :meth:`from_url` opened (closed with its last user).
+
+        A history built over a store you passed does nothing: that store is yours.
+        """
+        if self._release is not None:
+            self._release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     # -- the logic, once -----------------------------------------------------------
 
@@ -132,26 +226,103 @@ class TieredChatMessageHistory(BaseChatMessageHistory):
     def _clear(self) -> Plan[None]:
         yield Op("store", "delete", (self.session_id,))
 
+    def _len(self) -> Plan[int]:
+        try:
+            count: int = yield Op("store", "count", (self.session_id,))
+        except SessionNotFound:
+            return 0
+        return count if self.last is None else min(count, self.last)
+
+    def _search_plan(
+        self, searcher: SessionSearch, query: object, limit: int
+    ) -> Plan[list[dict[str, Any]]]:
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit == 0:
+            return []  # as langchain-redis: no results, not an error
+        if not isinstance(query, str) or not query.strip():
+            check_limit(limit)
+            return []
+        found = yield from searcher.hits(self.session_id, query, limit)
+        results: list[dict[str, Any]] = []
+        for hit, record in found:
+            data = from_record(record).model_dump(mode="json")
+            data.update(seq=hit.seq, timestamp=hit.created_ms / 1000, snippet=hit.snippet)
+            results.append(data)
+        return results
+
+    def _searcher(self) -> SessionSearch:
+        if self._search is None:
+            self._search = SessionSearch(self.store)
+        return self._search
+
+    def _sync(self) -> dict[str, Any]:
+        return {"store": sync_target(self.store, type(self).__name__)}
+
+    def _async(self) -> dict[str, Any]:
+        return {"store": async_target(self.store)}
+
     # -- LangChain's interface -----------------------------------------------------
 
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         """The stored messages, oldest first (``[]`` for a new session)."""
-        return run(self._get(), {"store": sync_target(self.store, type(self).__name__)})
+        return run(self._get(), self._sync())
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         """Append ``messages`` atomically."""
-        run(self._add(messages), {"store": sync_target(self.store, type(self).__name__)})
+        run(self._add(messages), self._sync())
 
     def clear(self) -> None:
         """Delete the session."""
-        run(self._clear(), {"store": sync_target(self.store, type(self).__name__)})
+        run(self._clear(), self._sync())
 
     async def aget_messages(self) -> list[BaseMessage]:
-        return await arun(self._get(), {"store": async_target(self.store)})
+        return await arun(self._get(), self._async())
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
-        await arun(self._add(messages), {"store": async_target(self.store)})
+        await arun(self._add(messages), self._async())
 
     async def aclear(self) -> None:
-        await arun(self._clear(), {"store": async_target(self.store)})
+        await arun(self._clear(), self._async())
+
+    # -- what langchain-redis users expect ---------------------------------------
+
+    def __len__(self) -> int:
+        """How many messages :attr:`messages` returns, counted without loading them."""
+        return run(self._len(), self._sync())
+
+    def __bool__(self) -> bool:
+        # Truthiness is not emptiness here: it must cost no I/O (and work on async stores).
+        return True
+
+    async def alen(self) -> int:
+        """``len(history)`` for async code."""
+        return await arun(self._len(), self._async())
+
+    def search_messages(self, query: str, limit: int = 10) -> list[dict[str, Any]]:
+        """This session's messages matching ``query``, newest first, at most ``limit``.
+
+        Each result is a dict like langchain-redis's: the message's fields
+        (``content``, ``type``, ``additional_kwargs``, ``id``, ...), plus
+        ``seq`` (its number in the session), ``timestamp`` (unix seconds) and
+        ``snippet`` (the matching text, matches in ``<mark>``). An empty or
+        non-string ``query``, or ``limit=0``, returns ``[]``.
+
+        Differences from langchain-redis: the archive's search runs the query
+        (PostgreSQL full text: all words must match, stemmed; ``"a phrase"``,
+        ``a OR b``, ``-word``, ``pre*``; SQLite: case-insensitive substrings),
+        results come newest first rather than by relevance, and only what the
+        archive holds is searched — with ``durability="archive"``, messages
+        the worker has not archived yet are not found (``from_url`` defaults
+        to ``"write_through"``). A store without an archive raises
+        :class:`~tieredstore.errors.ConfigurationError`.
+        """
+        targets = self._sync()
+        searcher = self._searcher()
+        targets["query"] = searcher.query
+        return run(self._search_plan(searcher, query, limit), targets)
+
+    async def asearch_messages(self, query: str, limit: int = 10) -> list[dict[str, Any]]:
+        """:meth:`search_messages` for async code."""
+        searcher = self._searcher()
+        targets = {**self._async(), "query": searcher.async_query()}
+        return await arun(self._search_plan(searcher, query, limit), targets)
