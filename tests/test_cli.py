@@ -8,84 +8,23 @@ included.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import REDIS_URL
+from tests.cli_harness import Cli, cli_namespace
+from tests.cli_harness import one_line_error as _one_line_error
 from tieredstore import Message
-from tieredstore.store import TieredStore
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _command() -> list[str]:
-    """``python -m tieredstore``, or a shim adding the commands until cli.py registers them."""
-    from tieredstore.cli import cli
-
-    if "search" in cli.commands:
-        return [sys.executable, "-m", "tieredstore"]
-    return [sys.executable, "-c",
-            "from tieredstore.cli import cli, main; from tieredstore.cli_archive import register;"
-            " register(cli); main()"]
-
-
-@dataclass
-class Cli:
-    env: dict[str, str]
-    store: TieredStore
-
-    def run(self, *args: str, input: str | None = None, env: dict[str, str] | None = None,
-            ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*_command(), *args], capture_output=True, text=True,
-                              input=input, env={**self.env, **(env or {})}, cwd=ROOT,
-                              timeout=120)
-
-    def json(self, *args: str, env: dict[str, str] | None = None) -> Any:
-        done = self.run(*args, "--json", env=env)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
 
 
 @pytest.fixture
 def cli(pg_url: str, pg_engine: sa.Engine, redis_client: Any, redis_prefix: str) -> Iterator[Cli]:
-    namespace = f"cli-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "TIEREDSTORE_REDIS_URL": REDIS_URL,
-        "TIEREDSTORE_DATABASE_URL": pg_url,
-        "TIEREDSTORE_NAMESPACE": namespace,
-        "TIEREDSTORE_PREFIX": redis_prefix,
-        "TIEREDSTORE_DURABILITY": "write_through",
-        "COLUMNS": "200",
-    }
-    store = TieredStore.from_clients(redis=redis_client, engine=pg_engine, namespace=namespace,
-                                     prefix=redis_prefix, durability="write_through")
-    store.save("c-1", [
-        Message("system", "You are a support bot."),
-        Message("user", "My invoice for March is wrong"),
-        Message("assistant", None, tool_calls=[{"id": "t1", "type": "function", "function": {
-            "name": "lookup_invoice", "arguments": '{"month": "March"}'}}]),
-        {"role": "tool", "tool_call_id": "t1", "content": "invoice 42: 99 EUR"},
-        Message("assistant", "Your invoice shows 99 EUR."),
-    ], user_id="alice", metadata={"plan": "pro"})
-    store.save("c-2", [Message("user", "How do refunds work?")], user_id="alice",
-               metadata={"plan": "pro"})
-    store.save("c-3", [Message("user", "Refund my invoice please")], user_id="bob",
-               metadata={"plan": "free"})
-    yield Cli(env, store)
-    for sid in ("c-1", "c-2", "c-3"):
-        store.delete(sid)
-    store.close()
+    with cli_namespace(pg_url, pg_engine, redis_client, redis_prefix) as harness:
+        yield harness
 
 
 def test_list_and_show(cli: Cli) -> None:
@@ -251,14 +190,6 @@ def test_maintain_retain_and_partitions(cli: Cli, pg_engine: sa.Engine) -> None:
     cli.store.delete("ancient-held")
 
 
-def _one_line_error(done: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
-    assert done.returncode == code, (done.returncode, done.stderr)
-    lines = [line for line in done.stderr.strip().splitlines() if line.startswith("Error")]
-    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 def test_settings_and_urls_at_fault_are_named_in_one_line(cli: Cli) -> None:
     _one_line_error(cli.run("list", env={"TIEREDSTORE_MAX_MESSAGES": "abc"}), 1,
                     "TIEREDSTORE_MAX_MESSAGES", "'abc'")
@@ -276,3 +207,42 @@ def test_settings_and_urls_at_fault_are_named_in_one_line(cli: Cli) -> None:
     reached = cli.run("migrate")
     assert reached.returncode == 0 and reached.stdout.strip() == "archive at 0004"
     _one_line_error(cli.run("export", "--session", "c-1", "--session", "nope"), 3, "'nope'")
+
+
+def test_bad_directories_drivers_and_settings_are_named_in_one_line(
+    cli: Cli, tmp_path: Path
+) -> None:
+    nowhere = f"sqlite:///{tmp_path / 'no' / 'such'}/archive.db"
+    _one_line_error(cli.run("migrate", "--database-url", nowhere), 1, "--database-url",
+                    "does not exist")
+    _one_line_error(cli.run("migrate", env={"TIEREDSTORE_DATABASE_URL": nowhere}), 1,
+                    "TIEREDSTORE_DATABASE_URL", "does not exist")
+    _one_line_error(cli.run("migrate", env={"TIEREDSTORE_DATABASE_URL": ""}), 2,
+                    "--database-url", "TIEREDSTORE_DATABASE_URL")
+    _one_line_error(cli.run("list", env={"TIEREDSTORE_DATABASE_URL": "mysql://h/db"}), 1,
+                    "TIEREDSTORE_DATABASE_URL", "no database driver")
+    _one_line_error(cli.run("migrate", "--database-url", "mysql://h/db"), 1, "--database-url",
+                    "no database driver")
+    _one_line_error(cli.run("list", env={"TIEREDSTORE_REDIS_URL": "http://h"}), 1,
+                    "TIEREDSTORE_REDIS_URL", "'http://'")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    embedded = {"TIEREDSTORE_REDIS_URL": "", "TIEREDSTORE_DATABASE_URL": "",
+                "TIEREDSTORE_DATA_DIR": str(a_file)}
+    _one_line_error(cli.run("list", env=embedded), 1, "TIEREDSTORE_DATA_DIR", str(a_file))
+    _one_line_error(cli.run("demo", env={**embedded, "TIEREDSTORE_DATA_DIR": str(a_file / "d")}),
+                    1, "TIEREDSTORE_DATA_DIR")
+    for name, value, words in (
+        ("TIEREDSTORE_DURABILITY", "always", ("write_through",)),
+        ("TIEREDSTORE_DEFAULT_TTL", "-1", ("at least",)),
+        ("TIEREDSTORE_BUCKETS", "2000", ("at most 1024",)),
+        ("TIEREDSTORE_MEMORY_MAX_BYTES", "-5", ("at least 0",)),
+        ("TIEREDSTORE_MIGRATE", "maybe", ("yes",)),
+    ):
+        _one_line_error(cli.run("stats", env={name: value}), 1, name, *words)
+    # Tasks that work on the archive refuse a store without one instead of doing nothing.
+    _one_line_error(cli.run("maintain", "retain", "--retention-days", "3", "--database-url", ""),
+                    1, "needs an archive", "--database-url")
+    _one_line_error(cli.run("maintain", "partitions", "--database-url", ""), 1,
+                    "needs an archive")
+    _one_line_error(cli.run("maintain", "archive", "--database-url", ""), 1, "archive")

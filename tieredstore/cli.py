@@ -11,6 +11,15 @@ from typing import Any
 
 import click
 
+from tieredstore.cli_common import (
+    build_store,
+    check_settings,
+    emit_json,
+    one_line,
+    option_label,
+    server_env,
+    server_options,
+)
 from tieredstore.errors import TieredStoreError
 
 __all__ = ["main"]
@@ -22,27 +31,36 @@ _debug = False
 @click.group()
 @click.version_option(package_name="tieredstore")
 @click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error.")
+@server_options()
 def cli(debug: bool) -> None:
-    """Conversation state for LLM apps: memory, Redis and an archive behind one API."""
+    """Conversation state for LLM apps: memory, Redis and an archive behind one API.
+
+    The servers come from --redis-url, --database-url and --namespace (here or
+    after the command) or else the TIEREDSTORE_* variables; with no URL at all,
+    the embedded default (memory + SQLite in the data directory).
+    """
     global _debug
     _debug = debug
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the final statistics as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document: the reads, the messages and the statistics.")
+@server_options()
 def demo(as_json: bool) -> None:
     """Save, append and load a conversation, showing which tier served each read.
 
-    With no TIEREDSTORE_REDIS_URL / TIEREDSTORE_DATABASE_URL set it runs on the
-    embedded default (memory + SQLite in the data directory): no server needed.
+    With no Redis or database URL given it runs on the embedded default
+    (memory + SQLite in the data directory): no server needed.
     """
     from tieredstore import Message
-    from tieredstore.store import TieredStore
 
-    store = TieredStore.from_env()
+    say: Callable[[str], None] = (lambda line: None) if as_json else click.echo
+    store = build_store()
     sid = f"demo-{uuid.uuid4().hex[:8]}"
+    reads: list[dict[str, Any]] = []
     try:
-        click.echo(f"tiers: {' -> '.join(store.stats()['tiers'])} (durability={store.durability})")
+        say(f"tiers: {' -> '.join(store.stats()['tiers'])} (durability={store.durability})")
         store.save(
             sid,
             [
@@ -57,22 +75,26 @@ def demo(as_json: bool) -> None:
             started = time.perf_counter()
             session = store.get(sid)
             micros = (time.perf_counter() - started) * 1e6
-            click.echo(
-                f"read {attempt}: {session.message_count} messages, "
-                f"version {session.version}, served by {session.tier} in {micros:.0f} µs"
-            )
-        for message in store.load(sid):
-            click.echo(f"  {message.role:>9}: {message.content}")
+            reads.append({"read": attempt, "messages": session.message_count,
+                          "version": session.version, "tier": session.tier,
+                          "micros": round(micros, 1)})
+            say(f"read {attempt}: {session.message_count} messages, "
+                f"version {session.version}, served by {session.tier} in {micros:.0f} µs")
+        messages = store.load(sid)
+        for message in messages:
+            say(f"  {message.role:>9}: {message.content}")
         stats = store.stats()
         if as_json:
-            click.echo(json.dumps(stats, default=str))
+            emit_json({"session_id": sid, "tiers": stats["tiers"],
+                       "durability": store.durability, "reads": reads,
+                       "messages": [dict(m) for m in messages], "stats": stats})
         else:
             for tier in ("memory", "redis", "archive"):
                 if tier in stats["tiers"]:
                     click.echo(f"{tier:>8}: {_fmt(stats[tier])}")
         store.delete(sid)
     except TieredStoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(one_line(exc)) from exc
     finally:
         store.close()
 
@@ -85,14 +107,9 @@ def _fmt(values: dict[str, Any]) -> str:
 
 
 @cli.command()
-@click.option(
-    "--database-url",
-    envvar="TIEREDSTORE_DATABASE_URL",
-    required=True,
-    help="Archive database URL (or TIEREDSTORE_DATABASE_URL).",
-)
 @click.option("--revision", default="head", show_default=True)
-def migrate(database_url: str, revision: str) -> None:
+@server_options("database_url")
+def migrate(revision: str) -> None:
     """Upgrade the archive schema (Alembic) to REVISION; print the revision reached.
 
     Never downgrades: a REVISION older than the archive's is refused.
@@ -104,6 +121,13 @@ def migrate(database_url: str, revision: str) -> None:
     from tieredstore.migration import config, current_revision
     from tieredstore.migration import migrate as run
 
+    database_url = server_env().get("TIEREDSTORE_DATABASE_URL")
+    if not database_url:
+        raise click.UsageError(
+            "no archive to migrate: give --database-url or set TIEREDSTORE_DATABASE_URL")
+    check_settings("TIEREDSTORE_DATABASE_URL")
+    where = option_label("database_url")
+    _sqlite_directory(database_url, where)
     try:
         script = ScriptDirectory.from_config(config())
         try:
@@ -123,15 +147,30 @@ def migrate(database_url: str, revision: str) -> None:
     except CommandError as exc:
         raise click.ClickException(f"migration failed: {exc}") from exc
     except (sa.exc.SQLAlchemyError, OSError) as exc:  # a server that refuses
-        raise click.ClickException(f"--database-url: {_first_line(exc)}") from exc
+        raise click.ClickException(f"{where}: {one_line(exc)}") from exc
     click.echo(f"archive at {reached}")
 
 
+def _sqlite_directory(url: str, where: str) -> None:
+    """Refuse a SQLite file whose directory is missing (SQLite makes the file, not the folder)."""
+    from pathlib import Path
+
+    from tieredstore.schema import normalize_url
+
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(str(parsed.database)).expanduser().parent
+        if not folder.is_dir():
+            raise click.ClickException(f"{where}: directory {str(folder)!r} does not exist "
+                                       "(SQLite creates the file, not its directory)")
+
+
 @cli.group()
+@server_options()
 def maintain() -> None:
     """Run a maintenance task once, as the worker does (see the README's operations section).
 
-    The store comes from the TIEREDSTORE_* environment variables.
+    The store comes from the server options and the TIEREDSTORE_* variables.
     """
 
 
@@ -161,13 +200,14 @@ def _maintenance_options(fn: Callable[..., None]) -> Callable[..., None]:
     ]
     for option in reversed(options):
         fn = option(fn)
-    return fn
+    return server_options()(fn)
 
 
-def _run_maintenance(task: Callable[..., Any], as_json: bool, **kwargs: Any) -> None:
-    """Run ``task`` on the store from the environment with a progress bar on stderr."""
-    from tieredstore.store import TieredStore
-
+def _run_maintenance(task: Callable[..., Any], as_json: bool, archive_for: str | None = None,
+                     **kwargs: Any) -> None:
+    """Run ``task`` on the store from the options and the environment, with a progress
+    bar on stderr. ``archive_for`` names a task that works on the archive only: a store
+    without one is refused rather than left to do nothing."""
     bar: Any = None
     shown = 0
 
@@ -182,7 +222,11 @@ def _run_maintenance(task: Callable[..., Any], as_json: bool, **kwargs: Any) -> 
         bar.update(done - shown)
         shown = done
 
-    store = TieredStore.from_env(memory_max_bytes=None, listen=False)
+    store = build_store(memory_max_bytes=None, listen=False)
+    if archive_for is not None and store.archive is None:
+        store.close()
+        raise click.ClickException(f"maintain {archive_for} needs an archive: give "
+                                   "--database-url or set TIEREDSTORE_DATABASE_URL")
     try:
         result = task(store, progress=progress, **kwargs)
     except TieredStoreError as exc:
@@ -275,7 +319,7 @@ def maintain_retain(as_json: bool, **kwargs: Any) -> None:
     """
     from tieredstore.maintenance import retain
 
-    _run_maintenance(retain, as_json, **kwargs)
+    _run_maintenance(retain, as_json, archive_for="retain", **kwargs)
 
 
 @maintain.command("partitions")
@@ -290,6 +334,7 @@ def maintain_retain(as_json: bool, **kwargs: Any) -> None:
 @click.option("--no-analyze", "analyze", flag_value=False, default=True,
               help="Do not ANALYZE the archive tables afterwards.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@server_options()
 def maintain_partitions(as_json: bool, ahead: int, analyze: bool) -> None:
     """Create the archive's monthly partitions ahead of time and refresh its statistics."""
     from tieredstore.maintenance import partitions
@@ -297,7 +342,7 @@ def maintain_partitions(as_json: bool, ahead: int, analyze: bool) -> None:
     def task(store: Any, progress: Any, batch_size: int) -> Any:
         return partitions(store, ahead=ahead, analyze=analyze)
 
-    _run_maintenance(task, as_json, batch_size=1)
+    _run_maintenance(task, as_json, archive_for="partitions", batch_size=1)
 
 
 def _register_archive_commands() -> None:
@@ -309,11 +354,6 @@ def _register_archive_commands() -> None:
 _register_archive_commands()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def main() -> None:
     """Console-script entry point: every error is one line on stderr (``--debug``: a traceback)."""
     try:
@@ -323,11 +363,11 @@ def main() -> None:
     except TieredStoreError as exc:
         if _debug:
             raise
-        click.echo(f"Error: {_first_line(exc)}", err=True)
+        click.echo(f"Error: {one_line(exc)}", err=True)
         sys.exit(1)
     except Exception as exc:
         if _debug:
             raise
-        click.echo(f"Error: {type(exc).__name__}: {_first_line(exc)} (--debug shows where)",
+        click.echo(f"Error: {type(exc).__name__}: {one_line(exc)} (--debug shows where)",
                    err=True)
         sys.exit(1)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
@@ -55,6 +55,8 @@ __all__ = [
     "default_max_line_bytes",
     "json_object",
     "numbered_lines",
+    "session_id_of",
+    "without_sessions",
 ]
 
 #: The fields of a session line after ``type``, in the order export writes them.
@@ -202,6 +204,81 @@ def _checked_line(number: int, raw: object, max_line_bytes: int) -> bytes:
     if len(line) > max_line_bytes:
         raise RecordTooLarge(number, f"line is {len(line)} bytes; the limit is {max_line_bytes}")
     return line
+
+
+def session_id_of(line: bytes) -> str | None:
+    """The session id of a session line; ``None`` for any other line (also one that
+    does not parse, which the import reports in its turn)."""
+    if b'"session"' not in line:  # every session line holds it; most messages do not
+        return None
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or record.get("type") != "session":
+        return None
+    sid = record.get("session_id")
+    return sid if isinstance(sid, str) else None
+
+
+def _message_of(line: bytes, sid: str) -> bool:
+    """Whether ``line`` is a message line of session ``sid`` (anything else is left for
+    the import to judge)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return (isinstance(record, dict) and record.get("type") == "message"
+            and record.get("session_id") == sid)
+
+
+def without_sessions(
+    source: ImportSource,
+    taken: Callable[[list[str]], set[str]],
+    *,
+    max_line_bytes: int,
+    skipped: list[str],
+    window_sessions: int = 500,
+    window_bytes: int = 16 * 2**20,
+) -> Iterator[bytes]:
+    """The lines of ``source`` with the lines of every session ``taken`` names blanked.
+
+    ``taken(ids)`` says which of a window of session ids (up to
+    ``window_sessions`` sessions or ``window_bytes`` of lines) the target
+    already holds; their session line and the message lines of theirs that
+    follow become empty lines, so the import skips them and its errors still
+    name the file's line numbers. Any other line is kept for the import to
+    check. The ids skipped are appended to ``skipped``.
+    """
+    window: list[tuple[bytes, str | None]] = []
+    size = 0
+    skipping: str | None = None  # the skipped session whose lines come now
+
+    def flush() -> Iterator[bytes]:
+        nonlocal skipping, size
+        ids = [sid for _, sid in window if sid is not None]
+        found = taken(ids) if ids else set()
+        for line, sid in window:
+            if sid is not None:
+                skipping = sid if sid in found else None
+                if skipping is not None:
+                    skipped.append(sid)
+                    yield b""
+                    continue
+            yield b"" if skipping is not None and _message_of(line, skipping) else line
+        window.clear()
+        size = 0
+
+    sessions = 0
+    for _, line in numbered_lines(source, max_line_bytes):
+        sid = session_id_of(line)
+        window.append((line, sid))
+        size += len(line)
+        sessions += sid is not None
+        if sessions >= window_sessions or size >= window_bytes:
+            yield from flush()
+            sessions = 0
+    yield from flush()
 
 
 class ImportReader:

@@ -279,6 +279,9 @@ class Session:
     ``version`` increases by one on every write. ``tier`` names the tier that
     served this read. ``message_count`` is the number of messages the store
     holds for the session (``len(messages)`` unless the read asked for fewer).
+    ``seqs`` holds the seq of each message, in the same order: a message's
+    number for life, which trimming leaves alone (so it has gaps where
+    messages were dropped); empty from a store that does not number messages.
     """
 
     id: str
@@ -291,6 +294,12 @@ class Session:
     expires_at: datetime | None
     message_count: int
     tier: Tier
+    seqs: tuple[int, ...] = ()
+
+    @property
+    def first_seq(self) -> int | None:
+        """The seq of ``messages[0]`` (``None`` without messages or seqs)."""
+        return self.seqs[0] if self.seqs else None
 
 
 @dataclass(frozen=True, slots=True)

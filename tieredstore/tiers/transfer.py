@@ -106,9 +106,9 @@ class Snapshot:
         return len(self.messages) == self.message_count
 
     def session(self, tier: Tier, last: int | None = None) -> Session:
-        messages = list(self.messages)
+        messages, seqs = list(self.messages), self.seqs
         if last is not None:
-            messages = messages[-last:] if last else []
+            messages, seqs = (messages[-last:], seqs[-last:]) if last else ([], ())
         return Session(
             id=self.sid,
             messages=messages,
@@ -120,4 +120,5 @@ class Snapshot:
             expires_at=from_ms(self.expires_ms),
             message_count=self.message_count,
             tier=tier,
+            seqs=seqs,
         )

@@ -21,9 +21,9 @@ from tieredstore.tiers.archive.statements import (
     _LIST,
     _LIVE_PAYLOADS_ALL,
     _LIVE_PAYLOADS_LAST,
-    _PAYLOADS_ALL,
-    _PAYLOADS_LAST,
     _SELECT_LIVE,
+    _SEQ_PAYLOADS_ALL,
+    _SEQ_PAYLOADS_LAST,
     _SLIDE,
     _SNAPSHOT_ALL,
     _SNAPSHOT_LAST,
@@ -37,23 +37,26 @@ if TYPE_CHECKING:
 class ArchiveReads(ArchiveBase):
     """Plans of the reads: one statement or one snapshot (a lock when the TTL slides)."""
 
-    def _plan_read(self, sid: str, last: int | None) -> Plan[tuple[Any, list[Message]]]:
-        """The live session row and its messages, from one snapshot (sliding the TTL)."""
+    def _plan_read(
+        self, sid: str, last: int | None
+    ) -> Plan[tuple[Any, list[Message], tuple[int, ...]]]:
+        """The live session row, its messages and their seqs, from one snapshot
+        (sliding the TTL)."""
 
-        def work(conn: sa.Connection) -> tuple[Any, list[Message]]:
+        def work(conn: sa.Connection) -> tuple[Any, list[Message], tuple[int, ...]]:
             params = self._params(sid, self._now_ms())
             # The sliding UPDATE also locks the row, so the messages match it.
             row = conn.execute(_SLIDE if self.sliding_ttl else _SELECT_LIVE, params).first()
             if row is None:
                 raise SessionNotFound(sid)
             if last == 0:
-                return row, []
+                return row, [], ()
             if last is None:
-                payloads = conn.execute(_PAYLOADS_ALL, params).scalars().all()
+                rows = conn.execute(_SEQ_PAYLOADS_ALL, params).all()
             else:
                 params["last"] = last
-                payloads = conn.execute(_PAYLOADS_LAST, params).scalars().all()[::-1]
-            return row, [decode_message(p) for p in payloads]
+                rows = conn.execute(_SEQ_PAYLOADS_LAST, params).all()[::-1]
+            return row, [decode_message(r.payload) for r in rows], tuple(r.seq for r in rows)
 
         return (
             yield from self._transaction(
@@ -79,7 +82,7 @@ class ArchiveReads(ArchiveBase):
         return (yield from self._transaction(work, "single", read=True))
 
     def _plan_get(self, sid: str, last: int | None) -> Plan[Session]:
-        row, messages = yield from self._plan_read(sid, last)
+        row, messages, seqs = yield from self._plan_read(sid, last)
         return Session(
             id=sid,
             messages=messages,
@@ -91,6 +94,7 @@ class ArchiveReads(ArchiveBase):
             expires_at=from_ms(row.expires_ms),
             message_count=row.message_count,
             tier="archive",
+            seqs=seqs,
         )
 
     def _plan_count(self, sid: str) -> Plan[int]:

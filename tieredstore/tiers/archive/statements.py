@@ -75,8 +75,9 @@ _SLIDE = (
 )
 
 _PAYLOADS = sa.select(_M.payload).where(_MKEY)
-_PAYLOADS_ALL = _PAYLOADS.order_by(_M.seq)
-_PAYLOADS_LAST = _PAYLOADS.order_by(_M.seq.desc()).limit(_LAST)
+_SEQ_PAYLOADS = sa.select(_M.seq, _M.payload).where(_MKEY)
+_SEQ_PAYLOADS_ALL = _SEQ_PAYLOADS.order_by(_M.seq)
+_SEQ_PAYLOADS_LAST = _SEQ_PAYLOADS.order_by(_M.seq.desc()).limit(_LAST)
 # load(): one statement, one snapshot: the messages, if the session is live.
 _LIVE_PAYLOADS = _PAYLOADS.where(sa.exists().where(_KEY, _LIVE))
 _LIVE_PAYLOADS_ALL = _LIVE_PAYLOADS.order_by(_M.seq)
