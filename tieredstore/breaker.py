@@ -14,7 +14,10 @@ count (the tier's ``is_failure`` decides); a call the server answered, even
 with an error of ours such as ``VersionConflict``, is a success.
 
 Opening and closing are logged once each at WARNING on the
-``tieredstore.breaker`` logger (a failed probe at INFO), never per call.
+``tieredstore.breaker`` logger (a failed probe at INFO), never per call:
+they are the "<tier> unreachable" and "<tier> reachable again" lines of an
+outage. With metrics enabled (:mod:`tieredstore.metrics`) every transition
+and every call failed fast is counted, and the state is exported.
 The breaker never blocks: its lock is held only to update counters, so one
 instance serves threads and asyncio tasks alike. ``clock`` (monotonic
 seconds) is injectable for tests.
@@ -31,6 +34,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal
 
+from tieredstore import metrics
 from tieredstore.errors import CircuitOpen, InvalidInput
 
 __all__ = ["BreakerState", "CircuitBreaker", "resolve_breaker"]
@@ -83,6 +87,8 @@ class CircuitBreaker:
         self.opened = 0
         self.rejected = 0
         self.probes = 0
+        if enabled:
+            metrics.track_breaker(self)
 
     # -- what a tier calls ---------------------------------------------------------
 
@@ -108,8 +114,10 @@ class CircuitBreaker:
                 self._state = "half_open"
                 self._probing = True
                 self.probes += 1
+                metrics.breaker_transition(self.name or "tier", "half_open")
                 return True
             self.rejected += 1
+            metrics.breaker_rejected(self.name or "tier")
             raise self._open_error(now)
 
     def success(self, probe: bool) -> None:
@@ -123,9 +131,10 @@ class CircuitBreaker:
                     return  # reset meanwhile
                 self._state = "closed"
                 self._consecutive = 0
+                metrics.breaker_transition(self.name or "tier", "closed")
                 logger.warning(
-                    "%s circuit breaker closed: the probe succeeded %s after it opened "
-                    "(%d calls failed fast meanwhile)",
+                    "%s reachable again: circuit breaker closed, the probe succeeded %s after "
+                    "it opened (%d calls failed fast meanwhile)",
                     self.name or "tier",
                     _since(self._opened_wall),
                     self.rejected - self._rejected_at_open,
@@ -144,6 +153,7 @@ class CircuitBreaker:
                 self._probing = False
                 self._state = "open"
                 self._opened_at = now
+                metrics.breaker_transition(self.name or "tier", "open")
                 logger.info(
                     "%s circuit breaker: the probe failed (%s); failing fast for %.3g s more",
                     self.name or "tier",
@@ -160,9 +170,10 @@ class CircuitBreaker:
                 self._opened_wall = time.time()
                 self._rejected_at_open = self.rejected
                 self.opened += 1
+                metrics.breaker_transition(self.name or "tier", "open")
                 logger.warning(
-                    "%s circuit breaker opened after %d consecutive failures (last: %s); "
-                    "failing fast for %.3g s, then probing",
+                    "%s unreachable: circuit breaker opened after %d consecutive failures "
+                    "(last: %s); failing fast for %.3g s, then probing",
                     self.name or "tier",
                     self._consecutive,
                     detail,
@@ -207,9 +218,13 @@ class CircuitBreaker:
     def reset(self) -> None:
         """Close the breaker and forget the current failure streak (counters stay)."""
         with self._lock:
+            was = self._state
             self._state = "closed"
             self._consecutive = 0
             self._probing = False
+        if was != "closed":
+            metrics.breaker_transition(self.name or "tier", "closed")
+            logger.warning("%s circuit breaker closed by reset()", self.name or "tier")
 
     def __repr__(self) -> str:
         return f"CircuitBreaker(name={self.name!r}, state={self.state!r})"

@@ -21,7 +21,9 @@ subscribes anew, since messages sent meanwhile may be lost.
 While any subscription is down the listener reports itself unhealthy; memory
 entries are then served only while younger than ``stale_after`` seconds. When
 every subscription is back the whole memory tier is flushed, since
-invalidations sent meanwhile were lost.
+invalidations sent meanwhile were lost. Losing the channel and getting it
+back are logged once each, at WARNING, however many reconnection attempts
+lie between.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ import redis.retry
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+
+from tieredstore import metrics
 
 __all__ = [
     "AsyncInvalidationListener",
@@ -139,7 +143,8 @@ class ListenerCore:
     ``on_resubscribe()`` once each time every subscription is (re)confirmed.
     ``healthy`` is true only while every connection is subscribed and was
     heard from within ``3 * ping_interval``. The thread and asyncio shells
-    below open the connections :meth:`plan` asks for and feed it what they read.
+    below open the connections :meth:`plan` asks for and feed it what they read,
+    and set ``stopped`` when they are stopped.
     """
 
     def __init__(
@@ -166,6 +171,9 @@ class ListenerCore:
         self.subscriptions = 0
         self.disconnects = 0
         self.failures = 0  # every failed round, counted or not as a disconnect
+        self.stopped = False
+        self._lost_at: float | None = None  # since when the channel is down (logged once)
+        metrics.track_listener(self)
 
     @property
     def label(self) -> str:
@@ -240,10 +248,19 @@ class ListenerCore:
                     self._on_resubscribe()
                     self.subscribed = True
                     self._backoff = _FIRST_BACKOFF
+                    if self._lost_at is not None:
+                        log.warning(
+                            "invalidation channel %s resubscribed after %.1f s: memory tier "
+                            "flushed (invalidations sent meanwhile were lost)",
+                            self.label, now - self._lost_at,
+                        )
+                        self._lost_at = None
+                        metrics.listener_event("resubscribed")
             elif kind in _MESSAGES:
                 decoded = decode_invalidation(message["data"])
                 if decoded is not None:
                     self.received += 1
+                    metrics.invalidation_received()
                     generation, sid = decoded
                     self._on_invalidate(sid, generation)
             elif kind in _UNSUBSCRIPTIONS:
@@ -262,7 +279,14 @@ class ListenerCore:
         if expected:
             if was_subscribed:
                 self.disconnects += 1
-                log.warning("invalidation channel %s lost: %s", self.label, exc)
+            if self._lost_at is None:
+                self._lost_at = time.monotonic()
+                log.warning(
+                    "invalidation channel %s %s: %s; memory entries are served for at most "
+                    "stale_after seconds until it is back",
+                    self.label, "lost" if was_subscribed else "unavailable", exc,
+                )
+                metrics.listener_event("lost")
         else:  # pragma: no cover - keep the listener alive whatever happens
             log.error("invalidation listener error", exc_info=exc)
         pause = self._backoff
@@ -380,6 +404,7 @@ class InvalidationListener(_Counters):
         self._subscribed.wait(wait)
 
     def stop(self) -> None:
+        self.core.stopped = True
         self._stop.set()
         if self._thread.ident is not None:
             self._thread.join(timeout=5)
@@ -510,6 +535,7 @@ class AsyncInvalidationListener(_Counters):
             await asyncio.wait_for(self._subscribed.wait(), wait)
 
     async def stop(self) -> None:
+        self.core.stopped = True
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()

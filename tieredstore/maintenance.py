@@ -9,6 +9,8 @@ with the application, loses and duplicates nothing: the archive absorbs
 sessions by seq (re-absorbing changes nothing) and Redis is changed only by
 compare-and-set scripts that check the session's ``(created, version)``.
 The Celery tasks in ``worker/`` and ``tieredstore maintain`` call these.
+With metrics or tracing on, every call is counted, timed and traced by
+task and outcome (:mod:`tieredstore.instrumentation`).
 
 * :func:`expire` — drops expired sessions from Redis (index entries and
   keys) and from the archive, and sweeps the Redis index for entries whose
@@ -42,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from tieredstore.config import env_number
 from tieredstore.errors import InvalidInput
+from tieredstore.instrumentation import maintenance_task
 from tieredstore.policy import plan_trim_bytes
 from tieredstore.tiers.archive import ArchiveCopy, PreparedCopies
 from tieredstore.tiers.archive.retention import HOLD_KEY
@@ -315,6 +318,7 @@ def _now_ms(now: float | None) -> int | None:
 # -- expire --------------------------------------------------------------------------
 
 
+@maintenance_task("expire")
 def expire(
     store: TieredStore,
     *,
@@ -419,6 +423,7 @@ def _expire_dry(store: TieredStore, hot: RedisStore | None, run: _Run) -> Mainte
 # -- archive_idle ----------------------------------------------------------------------
 
 
+@maintenance_task("archive_idle")
 def archive_idle(
     store: TieredStore,
     *,
@@ -510,6 +515,7 @@ def archive_idle(
 # -- trim ------------------------------------------------------------------------------
 
 
+@maintenance_task("trim")
 def trim(
     store: TieredStore,
     *,
@@ -639,6 +645,7 @@ def _trim_archive(store: TieredStore, run: _Run, max_messages: int | None,
 # -- reconcile ---------------------------------------------------------------------------
 
 
+@maintenance_task("reconcile")
 def reconcile(
     store: TieredStore,
     *,
@@ -678,6 +685,7 @@ def reconcile(
 # -- retention and partitions --------------------------------------------------------------
 
 
+@maintenance_task("retain")
 def retain(
     store: TieredStore,
     *,
@@ -739,6 +747,7 @@ def retain(
     return run.result()
 
 
+@maintenance_task("partitions")
 def partitions(store: TieredStore, *, ahead: int = 3, analyze: bool = True) -> MaintenanceResult:
     """Create the archive's partitions for this month and ``ahead`` more; ``ANALYZE`` it.
 

@@ -12,6 +12,10 @@ lock and conversation middleware), and a plan's ``try``/``except`` around a
 
 (The Redis tier uses the same idea one level down: its plans yield script
 calls, see :class:`tieredstore.tiers.redis.RedisOps`.)
+
+Every call the tiered store makes of a tier passes through here, so this is
+where metrics and traces time them (:mod:`tieredstore.instrumentation`):
+with neither enabled the drivers check one global per plan.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import inspect
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from tieredstore import instrumentation
+from tieredstore.instrumentation import Observer
 
 __all__ = ["Op", "Plan", "arun", "done", "run"]
 
@@ -47,11 +54,23 @@ def done(value: T) -> Plan[T]:
 
 def run(plan: Plan[T], targets: Mapping[str, Any]) -> T:
     """Drive ``plan`` with synchronous calls on ``targets``."""
+    watching = instrumentation.observer
+    if watching is None:
+        return _run(plan, targets, None)
+    with watching.operation(plan):
+        return _run(plan, targets, watching)
+
+
+def _run(plan: Plan[T], targets: Mapping[str, Any], watching: Observer | None) -> T:
     try:
         op = next(plan)
         while True:
             try:
-                result = getattr(targets[op.target], op.name)(*op.args, **op.kwargs)
+                if watching is None:
+                    result = getattr(targets[op.target], op.name)(*op.args, **op.kwargs)
+                else:
+                    with watching.call(op.target, op.name):
+                        result = getattr(targets[op.target], op.name)(*op.args, **op.kwargs)
             except Exception as exc:
                 op = plan.throw(exc)
             else:
@@ -66,13 +85,27 @@ async def arun(plan: Plan[T], targets: Mapping[str, Any]) -> T:
     A target method may also be a plain (non-blocking) function, such as the
     memory tier's or a process-local lock's: its result is used as is.
     """
+    watching = instrumentation.observer
+    if watching is None:
+        return await _arun(plan, targets, None)
+    with watching.operation(plan):
+        return await _arun(plan, targets, watching)
+
+
+async def _arun(plan: Plan[T], targets: Mapping[str, Any], watching: Observer | None) -> T:
     try:
         op = next(plan)
         while True:
             try:
-                result = getattr(targets[op.target], op.name)(*op.args, **op.kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
+                if watching is None:
+                    result = getattr(targets[op.target], op.name)(*op.args, **op.kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                else:
+                    with watching.call(op.target, op.name):
+                        result = getattr(targets[op.target], op.name)(*op.args, **op.kwargs)
+                        if inspect.isawaitable(result):
+                            result = await result
             except Exception as exc:
                 op = plan.throw(exc)
             else:

@@ -86,7 +86,7 @@ class Reconciler:
         if not self.write_through:
             return
         if not self._redis_lost:
-            log.warning("Redis unreachable: write_through writes go to the archive alone")
+            log.info("Redis unreachable: write_through writes go to the archive alone")
         self._redis_failures += 1
 
     def _note_redis_up(self, swept: int) -> None:
@@ -96,7 +96,7 @@ class Reconciler:
                 if swept > self._swept_failures:
                     self._swept_failures = swept
                     if not self._redis_lost:
-                        log.warning("Redis reachable again: detached sessions reconciled")
+                        log.info("Redis reachable again: detached sessions reconciled")
 
     def _before_redis(self) -> Plan[int]:
         """After Redis was lost, reconcile the detached sessions before using Redis again.

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from tieredstore import metrics
 from tieredstore.codec import decode_cursor, encode_cursor, encode_json
 from tieredstore.coherence import Generation, SeenGenerations
 from tieredstore.config import Limits
@@ -151,6 +152,7 @@ class TieredCore(Reconciler):
         self.limits = limits
         self.clock = clock
         self.stats = {"memory": TierStats(), "redis": TierStats(), "archive": TierStats()}
+        metrics.track_tiers(self, self.stats)  # exported at scrape time, no cost per read
         self.seen = SeenGenerations()
         self._init_reconciler()
         self.invalidations_sent = 0
@@ -206,6 +208,7 @@ class TieredCore(Reconciler):
                 nbytes=entry_size(snapshot.nbytes, len(snapshot.messages)),
                 cached_at=time.monotonic(),
                 next_seq=snapshot.next_seq,
+                seqs=snapshot.seqs,
             ),
         )
 
@@ -224,10 +227,14 @@ class TieredCore(Reconciler):
             return
         messages = entry.messages + batch.messages
         kinds = entry.kinds + batch.kinds
+        seqs = entry.seqs + tuple(range(receipt.first_seq, receipt.next_seq))
+        if len(seqs) != len(messages):  # an entry without seqs stays without
+            seqs = ()
         lead, drop = plan_trim(kinds, self.max_messages)
         if drop:
             messages = messages[:lead] + messages[lead + drop :]
             kinds = kinds[:lead] + kinds[lead + drop :]
+            seqs = seqs[:lead] + seqs[lead + drop :]
         updated = SessionEntry(
             messages=messages,
             kinds=kinds,
@@ -241,6 +248,7 @@ class TieredCore(Reconciler):
             nbytes=entry.nbytes + batch.nbytes + 96 * len(batch),
             cached_at=entry.cached_at,
             next_seq=receipt.next_seq,
+            seqs=seqs,
         )
         generation = (receipt.created_ms, receipt.version)
         if self.seen.superseded(sid, generation):

@@ -5,7 +5,8 @@ Celery broker URL works (``amqp://`` for RabbitMQ). Celery's Redis transport
 cannot use a Redis Cluster: with a ``redis+cluster://`` store URL, set
 ``TIEREDSTORE_BROKER_URL`` to another broker. Tasks acknowledge late
 and are requeued when their worker dies, so a killed run is retried; they
-are idempotent, so a retry is harmless.
+are idempotent, so a retry is harmless. The worker warns at start about a
+missing tier and serves metrics when asked (see :mod:`.monitoring`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from celery import Celery
 from tieredstore.errors import ConfigurationError
 from tieredstore.maintenance import MaintenanceSettings
 
+from .monitoring import connect, metrics_address
 from .schedule import beat_schedule
 
 __all__ = ["app", "broker_url", "create_app", "queue_name"]
@@ -46,6 +48,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Celery:
     """A Celery app for the settings in ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
     settings = MaintenanceSettings.from_env(env)
+    metrics_address(env)  # a bad TIEREDSTORE_METRICS_PORT fails the start, naming it
     queue = queue_name(env)
     app = Celery("tieredstore", broker=broker_url(env), include=[f"{__package__}.tasks"])
     app.conf.update(
@@ -64,6 +67,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Celery:
         timezone="UTC",
         enable_utc=True,
     )
+    connect()
     return app
 
 

@@ -28,7 +28,10 @@ and never repeat each other's work.
 Every run is logged to the capped list ``maint:runs`` (newest first) for
 operators and tests, with ``held``: when it took and released the lock
 (read inside the lock, so one task's spans never overlap while the lock
-holds).
+holds). A run that has nothing to work on — ``archive_idle`` without an
+archive or without Redis — says so there (``"skipped": "no_archive"``) and
+in the log instead of doing nothing silently. With metrics on, every run
+counts in ``tieredstore_worker_tasks_total`` by outcome.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from typing import Any
 import redis
 from celery import Task
 
-from tieredstore import maintenance
+from tieredstore import maintenance, metrics
 from tieredstore.maintenance import MaintenanceResult, MaintenanceSettings
 from tieredstore.store import TieredStore
 from tieredstore.tiers.redis import RedisKeys
@@ -180,12 +183,14 @@ def run_task(task: Task, name: str, interval: float, step: Step, slot: int | Non
         claimed, slot = ctx.claim_slot(name, interval)
         if not claimed:
             log.info("maintenance %s: slot %d already ran", name, slot)
+            metrics.worker_task(name, "slot_taken")
             return {"task": name, "skipped": "slot"}
         for _ in range(ctx.settings.parallel - 1):
             task.apply_async(kwargs={"slot": slot, "chain": chain})
     held = ctx.acquire(name)
     if held is None:
         log.info("maintenance %s: another run holds the lock", name)
+        metrics.worker_task(name, "locked")
         return {"task": name, "skipped": "locked"}
     token, index = held
     locked_at = time.time()
@@ -199,9 +204,13 @@ def run_task(task: Task, name: str, interval: float, step: Step, slot: int | Non
         result = step(ctx, heartbeat)
     except LockLost:
         lost, result = True, None
+    except Exception:
+        metrics.worker_task(name, "error")
+        raise
     finally:
         unlocked_at = time.time()
         ctx.release(name, token, index)
+    metrics.worker_task(name, "lock_lost" if lost else "ran")
     summary: dict[str, Any] = {"task": name, "slot": slot, "chain": chain, "started": started,
                                "finished": time.time(), "held": [locked_at, unlocked_at],
                                "lock": index, "host": socket.gethostname(), "pid": os.getpid(),
@@ -228,11 +237,26 @@ def _expire(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResu
     return maintenance.expire(ctx.store, **_leased(ctx, progress))
 
 
-def _archive(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult | None:
-    if ctx.store.redis is None or ctx.store.archive is None:
-        return None  # nothing to archive without both tiers
+def _archive(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult:
     return maintenance.archive_idle(ctx.store, archive_after=ctx.settings.archive_after,
                                     **_leased(ctx, progress))
+
+
+_NOTHING_TO_ARCHIVE = {
+    "no_archive": "the store has no archive (TIEREDSTORE_DATABASE_URL is not set)",
+    "no_redis": "the store has no Redis tier (TIEREDSTORE_REDIS_URL is not set)",
+}
+
+
+def nothing_to_do(ctx: Maintenance, name: str, reason: str) -> dict[str, Any]:
+    """Report a run that had nothing to work on: the log, the run log and the metrics."""
+    log.info("maintenance %s: did nothing: %s", name, _NOTHING_TO_ARCHIVE[reason])
+    now = time.time()
+    summary: dict[str, Any] = {"task": name, "skipped": reason, "started": now, "finished": now,
+                               "host": socket.gethostname(), "pid": os.getpid()}
+    ctx.record(summary)
+    metrics.worker_task(name, reason)
+    return summary
 
 
 def _trim(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult:
@@ -249,8 +273,11 @@ def expire(self: Task, slot: int | None = None, chain: int = 0) -> dict[str, Any
 @app.task(name="tieredstore.archive_idle", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def archive_idle(self: Task, slot: int | None = None, chain: int = 0) -> dict[str, Any]:
     """Archive sessions idle longer than ``TIEREDSTORE_ARCHIVE_AFTER`` (one bounded run)."""
-    return run_task(self, "archive_idle", context().settings.archive_interval, _archive, slot,
-                    chain)
+    ctx = context()
+    if ctx.store.archive is None or ctx.store.redis is None:
+        return nothing_to_do(ctx, "archive_idle",
+                             "no_archive" if ctx.store.archive is None else "no_redis")
+    return run_task(self, "archive_idle", ctx.settings.archive_interval, _archive, slot, chain)
 
 
 @app.task(name="tieredstore.trim", bind=True, acks_late=True)  # type: ignore[untyped-decorator]

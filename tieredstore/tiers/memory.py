@@ -7,6 +7,8 @@ immutable), so a hit costs a list copy and nothing is ever aliased mutably.
 
 Being an LRU cache, it evicts the least recently used sessions once
 ``max_bytes`` or ``max_entries`` is exceeded; evicted sessions are gone.
+Evictions, applied invalidations and flushes are counted in :meth:`MemoryStore.stats`
+and, when enabled, in :mod:`tieredstore.metrics`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from cachetools import LRUCache
 from sortedcontainers import SortedList
 
+from tieredstore import metrics
 from tieredstore.base import BaseStore
 from tieredstore.codec import decode_cursor, encode_cursor, encode_json
 from tieredstore.core import Batch, Order, check_positive_int, from_ms, merge_metadata, to_ms
@@ -49,9 +52,14 @@ class SessionEntry:
     nbytes: int
     cached_at: float = 0.0
     next_seq: int = 0
+    seqs: tuple[int, ...] = ()
+    """The seq of each message (empty if the tier that filled the entry had none)."""
 
     def session(self, sid: str, last: int | None, tier: Any = "memory") -> Session:
         messages = _tail(self.messages, last)
+        seqs = self.seqs[len(self.messages) - len(messages) :]
+        if len(self.seqs) != len(self.messages):
+            seqs = ()
         return Session(
             id=sid,
             messages=messages,
@@ -63,6 +71,7 @@ class SessionEntry:
             expires_at=from_ms(self.expires_ms),
             message_count=len(self.messages),
             tier=tier,
+            seqs=seqs,
         )
 
 
@@ -119,6 +128,9 @@ class MemoryStore(BaseStore):
         self._by_user: dict[str, SortedList] = {}
         self._by_expiry: SortedList = SortedList()
         self.evictions = 0
+        self.invalidated = 0
+        self.flushes = 0
+        metrics.track_memory(self)
 
     # -- entry bookkeeping (all under self._lock) ---------------------------
 
@@ -157,6 +169,7 @@ class MemoryStore(BaseStore):
 
     def _forget(self, sid: str, entry: SessionEntry) -> None:
         self.evictions += 1
+        metrics.memory_evicted()
         self._unindex(sid, entry)
 
     def _remove(self, sid: str) -> SessionEntry | None:
@@ -209,12 +222,15 @@ class MemoryStore(BaseStore):
         ttl_ms: int | None,
         metadata: FrozenDict | None = None,
         user_id: str | None = None,
+        seqs: tuple[int, ...],
+        next_seq: int,
     ) -> SessionEntry:
         lead, drop = plan_trim(kinds, self.max_messages)
         if drop:
             dropped = messages[lead : lead + drop]
             messages = messages[:lead] + messages[lead + drop :]
             kinds = kinds[:lead] + kinds[lead + drop :]
+            seqs = seqs[:lead] + seqs[lead + drop :]
             nbytes -= sum(_approx_bytes(m) for m in dropped)
         if ttl_ms is None and previous is not None:
             ttl_ms, expires_ms = previous.ttl_ms, previous.expires_ms
@@ -233,6 +249,8 @@ class MemoryStore(BaseStore):
             expires_ms=expires_ms,
             ttl_ms=ttl_ms,
             nbytes=entry_size(nbytes, len(messages)),
+            next_seq=next_seq,
+            seqs=seqs,
         )
 
     @staticmethod
@@ -259,6 +277,8 @@ class MemoryStore(BaseStore):
             now = self._now_ms()
             previous = self._live(sid, now)
             self._check_version(sid, previous, expected_version)
+            # Like Redis, a save numbers its messages after the last seq ever used.
+            first = previous.next_seq if previous is not None else 0
             entry = self._build(
                 batch.messages,
                 batch.kinds,
@@ -268,6 +288,8 @@ class MemoryStore(BaseStore):
                 ttl_ms=ttl_ms,
                 metadata=metadata,
                 user_id=user_id,
+                seqs=tuple(range(first, first + len(batch.messages))),
+                next_seq=first + len(batch.messages),
             )
             self._put(sid, entry)
             return entry.version
@@ -279,14 +301,18 @@ class MemoryStore(BaseStore):
             now = self._now_ms()
             previous = self._live(sid, now)
             self._check_version(sid, previous, expected_version)
+            first = previous.next_seq if previous is not None else 0
+            added = tuple(range(first, first + len(batch.messages)))
             if previous is None:
-                messages, kinds, nbytes = batch.messages, batch.kinds, batch.nbytes
+                messages, kinds, nbytes, seqs = batch.messages, batch.kinds, batch.nbytes, added
             else:
                 messages = previous.messages + batch.messages
                 kinds = previous.kinds + batch.kinds
                 nbytes = _payload_bytes(previous) + batch.nbytes
+                seqs = previous.seqs + added
             entry = self._build(
-                messages, kinds, nbytes, previous=previous, now_ms=now, ttl_ms=ttl_ms
+                messages, kinds, nbytes, previous=previous, now_ms=now, ttl_ms=ttl_ms,
+                seqs=seqs, next_seq=first + len(batch.messages),
             )
             self._put(sid, entry)
             return entry.version
@@ -412,19 +438,29 @@ class MemoryStore(BaseStore):
             return True
 
     def invalidate(self, sid: str, older_than: tuple[int, int] | None = None) -> bool:
-        """Drop ``sid`` (only if its ``(created_ms, version)`` is older, when given)."""
+        """Drop ``sid`` (only if its ``(created_ms, version)`` is older, when given).
+
+        With ``older_than`` (an invalidation from another process) a drop
+        counts as an applied invalidation.
+        """
         with self._lock:
             entry = self._cache.get(sid)
             if entry is None:
                 return False
-            if older_than is not None and (entry.created_ms, entry.version) >= older_than:
-                return False
+            if older_than is not None:
+                if (entry.created_ms, entry.version) >= older_than:
+                    return False
+                self.invalidated += 1
+                metrics.invalidation_applied()
             self._remove(sid)
             return True
 
     def clear(self) -> None:
-        """Drop every cached session."""
+        """Drop every cached session (a flush, in the counters, when there were any)."""
         with self._lock:
+            if len(self._cache):
+                self.flushes += 1
+                metrics.memory_flushed()
             self._cache = _EvictingLRU(self.max_bytes, self._forget)
             self._by_activity.clear()
             self._by_user.clear()
@@ -437,6 +473,8 @@ class MemoryStore(BaseStore):
                 "bytes": int(self._cache.currsize),
                 "max_bytes": self.max_bytes,
                 "evictions": self.evictions,
+                "invalidated": self.invalidated,
+                "flushes": self.flushes,
             }
 
 
