@@ -19,12 +19,23 @@ drives the same :class:`~tieredstore.tiers.redis.RedisOps` plans over
 (:class:`~tieredstore.tiers.archive.AsyncArchiveStore`) runs the same
 per-operation database work through SQLAlchemy's async engine. The memory
 tier never blocks, so both worlds use :class:`MemoryStore` directly; the
-invalidation listener is a thread for the one and a task for the other.
+invalidation listener is a thread for the one and, for the other, a task on
+a loop thread of the store's own.
+
+An async store may be used from any event loop and thread (``asyncio.run``
+called again, ``Runner.run_sync`` in worker threads, a framework's loop
+beside a thread pool): each tier keeps a client per loop, closed when that
+loop shuts down (see :mod:`tieredstore.loops`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import concurrent.futures
+import contextlib
+import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -34,6 +45,7 @@ from tieredstore.base import StoreCore
 from tieredstore.coherence import AsyncInvalidationListener
 from tieredstore.core import Batch, Order, TTLLike, check_before, check_last, check_limit
 from tieredstore.locking import AsyncSessionLock
+from tieredstore.loops import LoopThread
 from tieredstore.middleware import AsyncConversationBlock
 from tieredstore.model import FrozenDict, Message, MessageLike, Page, Session
 from tieredstore.plans import Plan, arun
@@ -48,6 +60,9 @@ if TYPE_CHECKING:
 __all__ = ["AsyncBaseStore", "AsyncMemoryStore", "AsyncTieredStore"]
 
 T = TypeVar("T")
+
+_LISTENER_STOP_WAIT = 5.0
+"""Seconds :meth:`AsyncTieredStore.aclose` waits for the listener's loop to finish."""
 
 
 class AsyncBaseStore(StoreCore, ABC):
@@ -317,10 +332,13 @@ class AsyncTieredStore(TieredShell, AsyncBaseStore):
     Tiers are ``memory`` (a :class:`MemoryStore`, shared as is),
     ``redis`` (an :class:`~tieredstore.tiers.redis.AsyncRedisStore`) and
     ``archive`` (an :class:`~tieredstore.tiers.archive.AsyncArchiveStore`);
-    options and behaviour are those of ``TieredStore``. The invalidation
-    listener is an asyncio task, started on the first operation (or on
-    ``async with``) on the running loop; like the ``redis.asyncio`` and
-    SQLAlchemy clients it holds, a store belongs to one event loop.
+    options and behaviour are those of ``TieredStore``.
+
+    Any event loop, on any thread, may use the store: each tier keeps a
+    client per loop (see :mod:`tieredstore.loops`). The invalidation
+    listener, an asyncio task, runs on the store's own loop thread, started
+    by the first operation (or ``async with``) and stopped by
+    :meth:`aclose`, so it never depends on a caller's loop.
     """
 
     _redis_class = "AsyncRedisStore"
@@ -351,24 +369,34 @@ class AsyncTieredStore(TieredShell, AsyncBaseStore):
             listener_class=AsyncInvalidationListener,
             listen=listen,
         )
-        self._listening = self.listener is None
+        self._listener_lock = threading.Lock()
+        self._listener_thread: LoopThread | None = None
+        self._listener_started: concurrent.futures.Future[None] | None = None
+        self._listener_source: Any = None  # a cluster listener's own client
 
     # -- the I/O shell ----------------------------------------------------------
 
     async def _drive(self, plan: Plan[T]) -> T:
-        if not self._listening:
+        if self._listener_started is None and self.listener is not None:
             await self._listen()
         return await arun(plan, self._targets)
 
     async def _listen(self) -> None:
-        """Start the invalidation listener task (once) and wait until it subscribed."""
-        self._listening = True
-        if self.listener is not None:
-            await self.listener.start()
+        """Start the invalidation listener on the store's loop thread (once), and
+        wait until it subscribed (up to the listener's own bound)."""
+        with self._listener_lock:
+            if self.listener is None or self._closed:
+                return
+            if self._listener_started is None:
+                thread = LoopThread(f"tieredstore-listener[{self.listener.channels[0]}]")
+                self._listener_thread = thread
+                self._listener_started = thread.submit(_start_listener(self))
+                weakref.finalize(self, thread.stop)
+            started = self._listener_started
+        await asyncio.wrap_future(started)
 
     async def __aenter__(self) -> Self:
-        if not self._listening:
-            await self._listen()
+        await self._listen()
         return self
 
     async def _save(
@@ -449,10 +477,41 @@ class AsyncTieredStore(TieredShell, AsyncBaseStore):
         return await self._drive(self._core.settle(check_limit(limit)))
 
     async def _aclose(self) -> None:
-        if self.listener is not None:
-            await self.listener.stop()
+        with self._listener_lock:
+            thread, self._listener_thread = self._listener_thread, None
+        if thread is not None:
+            stopped = asyncio.wrap_future(thread.submit(_stop_listener(self)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped, _LISTENER_STOP_WAIT)
+            thread.stop()
+            await asyncio.to_thread(thread.join, _LISTENER_STOP_WAIT)
         for tier in (self.redis, self.archive):
             if tier is not None:
                 await tier.aclose()
         if self.memory is not None:
             self.memory.close()
+
+
+async def _start_listener(store: AsyncTieredStore) -> None:
+    """On the listener's loop: start it (a cluster listener over a client of its own)."""
+    redis, listener = store.redis, store.listener
+    assert redis is not None and listener is not None
+    if redis.cluster:
+        store._listener_source = redis.listener_client()
+        listener = AsyncInvalidationListener(
+            store._listener_source,
+            redis.invalidation_channels,
+            sharded=True,
+            on_invalidate=store._core.on_invalidate,
+            on_resubscribe=store._core.on_resubscribe,
+        )
+        store.listener = store._core.listener = listener
+    await listener.start()
+
+
+async def _stop_listener(store: AsyncTieredStore) -> None:
+    """On the listener's loop: stop it, and close the client it had of its own."""
+    if store.listener is not None:
+        await store.listener.stop()
+    if store._listener_source is not None:
+        await store._listener_source.aclose()

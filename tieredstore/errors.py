@@ -7,6 +7,7 @@
     ├── SessionExists            a session that must be new already exists (fork)
     ├── VersionConflict          expected_version did not match; nothing was written
     ├── LockTimeout              a session lock could not be acquired in time
+    ├── StoreClosed              an adapter session was closed (also a RuntimeError)
     ├── InvalidInput             bad input, rejected before anything is written
     │   ├── InvalidSessionId     malformed session or user id
     │   ├── InvalidMessage       not a JSON object with a string ``role``
@@ -44,6 +45,7 @@ __all__ = [
     "SchemaNotReady",
     "SessionExists",
     "SessionNotFound",
+    "StoreClosed",
     "TieredStoreError",
     "VersionConflict",
 ]
@@ -89,6 +91,10 @@ class VersionConflict(TieredStoreError):
 
 class LockTimeout(TieredStoreError):
     """The session lock could not be acquired within ``blocking_timeout``."""
+
+
+class StoreClosed(TieredStoreError, RuntimeError):
+    """The object was closed (with the store it owned) and serves no more calls."""
 
 
 class InvalidInput(TieredStoreError, ValueError):

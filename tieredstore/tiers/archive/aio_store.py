@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import copy
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.engine.base import OptionEngine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tieredstore.aio import AsyncBaseStore
 from tieredstore.breaker import CircuitBreaker
 from tieredstore.core import Batch, Order
 from tieredstore.errors import InvalidInput
+from tieredstore.loops import PerLoop
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.plans import Plan, arun
 from tieredstore.tiers.archive.engines import create_async_engine
@@ -30,6 +37,70 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class _LoopEngines:
+    """One event loop's engine, and its views with each role's execution options."""
+
+    engine: AsyncEngine
+    roles: dict[str, AsyncEngine]
+
+    @classmethod
+    def of(cls, engine: AsyncEngine, roles: Mapping[str, Mapping[str, Any]]) -> _LoopEngines:
+        return cls(
+            engine,
+            {role: engine.execution_options(**opts) if opts else engine
+             for role, opts in roles.items()},
+        )
+
+    def twin(self, roles: Mapping[str, Mapping[str, Any]]) -> _LoopEngines:
+        """Another loop's engines: this engine's configuration and events, a new pool."""
+        engine = self.engine.sync_engine
+        # An engine with execution options shares (and would replace) its parent's pool.
+        parent = engine._proxied if isinstance(engine, OptionEngine) else engine
+        base = copy.copy(parent)
+        base.pool = base.pool.recreate()
+        twin = AsyncEngine(base)
+        if parent is not engine:
+            twin = twin.execution_options(**engine.get_execution_options())
+        return _LoopEngines.of(twin, roles)
+
+    async def dispose(self, close: bool) -> None:
+        """Dispose of the engine's pool when ``close`` (a caller's own engine stays open)."""
+        if close:
+            await self.engine.dispose()
+
+
+_FIRST_CONNECT_WAIT = 10.0
+"""Seconds a loop waits for another loop's first connection before it connects anyway."""
+
+
+class _FirstConnection:
+    """Until a first connection has succeeded, engines connect one at a time.
+
+    Every loop's engine shares the dialect, which the first connection
+    initializes (server version, isolation level); a connection of another
+    loop made meanwhile would see it half done.
+    """
+
+    def __init__(self) -> None:
+        self.done = False
+        self._lock = threading.Lock()
+
+    @contextlib.asynccontextmanager
+    async def gate(self) -> AsyncIterator[None]:
+        deadline = time.monotonic() + _FIRST_CONNECT_WAIT
+        held = self._lock.acquire(blocking=False)
+        while not held and not self.done and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # polled: a cancelled waiter holds nothing
+            held = self._lock.acquire(blocking=False)
+        try:
+            yield
+            self.done = True
+        finally:
+            if held:
+                self._lock.release()
+
+
 class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
     """The asyncio twin of :class:`ArchiveStore` over SQLAlchemy's async engine.
 
@@ -40,6 +111,11 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
     through ``AsyncConnection.run_sync``, so statements, locking and retries are
     identical. One difference: :meth:`absorb_many` creates new sessions with
     ``INSERT`` rather than PostgreSQL's binary ``COPY``.
+
+    Any event loop may use the store: the engine serves the first loop that
+    uses it, and each other loop gets a copy of it with a pool of its own,
+    disposed of when that loop shuts down (see :mod:`tieredstore.loops`).
+    ``engine`` is the running loop's.
     """
 
     def __init__(
@@ -60,14 +136,15 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
         if engine is None:
             assert url is not None
             engine = create_async_engine(url, timeouts=timeouts)
-        self.engine = engine
-        roles = self._setup(engine.sync_engine, namespace, tombstone_ttl)
+        self._roles = self._setup(engine.sync_engine, namespace, tombstone_ttl)
         self._setup_bounds(engine.sync_engine, breaker, timeouts)
         self._bulk_copy = False
-        self._engines = {
-            role: engine.execution_options(**opts) if opts else engine
-            for role, opts in roles.items()
-        }
+        self._engines = PerLoop(
+            _LoopEngines.of(engine, self._roles),
+            twin=lambda: self._engines.first.twin(self._roles),
+            close=lambda engines, first: engines.dispose(self._owns_engine or not first),
+        )
+        self._first_connection = _FirstConnection()
         self._targets = {"db": self, "clock": asyncio}
 
     @classmethod
@@ -84,11 +161,20 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
         store._owns_engine = True
         return store
 
+    # -- one engine per event loop --------------------------------------------------
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine of the running event loop (outside a loop: the first one)."""
+        return self._engines.get().engine
+
     # -- the I/O shell ------------------------------------------------------------
 
     async def _in_transaction(self, work: Callable[[sa.Connection], T], role: str) -> T:
+        first = self._first_connection
+        gate = contextlib.nullcontext() if first.done else first.gate()
         with self.breaker.guard(db_failure):
-            async with self._engines[role].connect() as conn:
+            async with gate, self._engines.get().roles[role].connect() as conn:
                 with self._bounded(conn.sync_connection):
                     async with conn.begin():
                         return await conn.run_sync(work)
@@ -97,8 +183,7 @@ class AsyncArchiveStore(ArchiveShared, AsyncBaseStore):
         return await arun(plan, self._targets)
 
     async def _aclose(self) -> None:
-        if self._owns_engine:
-            await self.engine.dispose()
+        await self._engines.aclose()
 
     # -- primitives ---------------------------------------------------------------
 

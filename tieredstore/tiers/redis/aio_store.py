@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any, TypeVar
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, Self, TypeVar
 
 import redis.asyncio
 import redis.asyncio.cluster
+from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import NoScriptError
 
 from tieredstore.aio import AsyncBaseStore
 from tieredstore.breaker import CircuitBreaker
 from tieredstore.core import Batch, Order, check_limit
+from tieredstore.errors import ConfigurationError
+from tieredstore.loops import PerLoop
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.tiers.redis.errors import (
     DRIVER_FAULTS,
@@ -32,12 +37,67 @@ from tieredstore.tiers.redis.records import (
     OutboxRecord,
     Spilled,
 )
-from tieredstore.tiers.redis.shell import RedisShared, evalsha_args, redis_down, source
+from tieredstore.tiers.redis.shell import (
+    STORE_OPTIONS,
+    RedisShared,
+    evalsha_args,
+    redis_down,
+    source,
+)
 from tieredstore.tiers.transfer import DEFAULT_TOMBSTONE_TTL, HistoryPart, Snapshot, WriteReceipt
+from tieredstore.timeouts import REDIS_TIMEOUTS
 
 __all__ = ["AsyncRedisStore"]
 
 T = TypeVar("T")
+
+
+def _twin_client(store: AsyncRedisStore) -> Any:
+    """A client for another event loop: same settings, its own connections."""
+    if store._recipe is not None:
+        return store._recipe()
+    if store.cluster:
+        raise ConfigurationError(
+            "redis",
+            "this AsyncRedisStore's RedisCluster client belongs to the event loop that "
+            "first used it; build the store with from_url (it makes a client for each "
+            "loop) or make one store per event loop",
+        )
+    pool = store._clients.first.connection_pool
+    options = dict(pool.connection_kwargs)
+    if isinstance(pool, redis.asyncio.BlockingConnectionPool):
+        options["timeout"] = pool.timeout
+    twin = type(pool)(
+        connection_class=pool.connection_class, max_connections=pool.max_connections, **options
+    )
+    return store._client_class.from_pool(twin)
+
+
+_CLUSTER_SETTINGS = frozenset(inspect.signature(redis.asyncio.cluster.RedisCluster).parameters) - {
+    "host", "port", "startup_nodes", "event_dispatcher",
+}
+"""The connection settings a RedisCluster keeps that its constructor takes back."""
+
+
+def _listener_client(store: AsyncRedisStore) -> Any:
+    """See :meth:`AsyncRedisStore.listener_client`."""
+    first = store._clients.first
+    if not store.cluster:
+        return first
+    if store._recipe is not None:
+        return store._recipe()
+    settings = first.get_connection_kwargs()
+    options = {k: v for k, v in settings.items() if k in _CLUSTER_SETTINGS}
+    if issubclass(settings.get("connection_class", object), redis.asyncio.SSLConnection):
+        options["ssl"] = True
+    nodes = [ClusterNode(node.host, node.port) for node in first.startup_nodes]
+    return type(first)(startup_nodes=nodes, **options)
+
+
+async def _close(store: AsyncRedisStore, client: Any, first: bool) -> None:
+    """Close a loop's client: always a twin, the first one if the store built it."""
+    if store._owns_client or not first:
+        await client.aclose()
 
 
 class AsyncRedisStore(RedisShared, AsyncBaseStore):
@@ -50,11 +110,21 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
     ``BlockingConnectionPool`` (tasks wait for a free connection, up to its
     ``timeout``, instead of failing with "Too many connections"); give a
     client you build yourself one too.
+
+    Any event loop may use the store: the client it was given or built
+    serves the first loop that uses it, and each other loop gets a client of
+    its own, with the same connection settings, closed when that loop shuts
+    down (see :mod:`tieredstore.loops`). ``client`` is the running loop's.
+    A Redis Cluster client you built yourself cannot be copied: a second loop
+    gets :class:`~tieredstore.errors.ConfigurationError` at once (the store
+    :meth:`from_url` builds has no such limit).
     """
 
     _client_class = redis.asyncio.Redis
     _cluster_class = redis.asyncio.cluster.RedisCluster
     _pool_class = redis.asyncio.BlockingConnectionPool
+    _clients: PerLoop[Any]
+    _recipe: Callable[[], Any] | None = None
 
     def __init__(
         self,
@@ -84,6 +154,35 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
             breaker=breaker,
             buckets=buckets,
         )
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """See :meth:`RedisShared.from_url`; other loops' clients are built from ``url`` too."""
+        store = super().from_url(url, **kwargs)
+        options = {k: v for k, v in kwargs.items() if k not in STORE_OPTIONS}
+        store._recipe = functools.partial(cls._client_from_url, url, {**REDIS_TIMEOUTS, **options})
+        return store
+
+    # -- one client per event loop ------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The client of the running event loop (outside a loop: the first one)."""
+        return self._clients.get()
+
+    @client.setter
+    def client(self, client: Any) -> None:
+        self._clients = PerLoop(
+            client, twin=lambda: _twin_client(self), close=lambda c, first: _close(self, c, first)
+        )
+
+    def listener_client(self) -> Any:
+        """A client an invalidation listener may use on an event loop of its own.
+
+        Standalone: the store's first client (a listener only reads its
+        connection settings). Cluster: a new client, which the caller closes.
+        """
+        return _listener_client(self)
 
     # -- the I/O shell ------------------------------------------------------
 
@@ -148,8 +247,7 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
             return await self.client.evalsha(*evalsha_args(call))
 
     async def _aclose(self) -> None:
-        if self._owns_client:
-            await self.client.aclose()
+        await self._clients.aclose()
 
     # -- primitives -----------------------------------------------------------
 
