@@ -42,7 +42,6 @@ dropping every session's index.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Self
 
 from langchain_core.chat_history import BaseChatMessageHistory
@@ -63,7 +62,7 @@ from tieredstore.core import TTLLike, check_last, check_limit, check_session_id
 from tieredstore.errors import SessionNotFound
 from tieredstore.integrations import async_target, sync_target
 from tieredstore.integrations.search import SessionSearch
-from tieredstore.integrations.shared import optional_ttl, shared_tiered_store
+from tieredstore.integrations.shared import ClosesOnExit, optional_ttl, shared_tiered_store
 from tieredstore.model import thaw_json
 from tieredstore.plans import Op, Plan, arun, run
 from tieredstore.tiering import Durability
@@ -110,7 +109,7 @@ def from_record(record: Mapping[str, Any]) -> BaseMessage:
     return convert_to_messages([data])[0]
 
 
-class TieredChatMessageHistory(BaseChatMessageHistory):
+class TieredChatMessageHistory(ClosesOnExit, BaseChatMessageHistory):
     """The history of one session in a tieredstore store, for LangChain.
 
     ``store`` is a sync or an async store: the sync methods (``messages``,
@@ -197,17 +196,6 @@ class TieredChatMessageHistory(BaseChatMessageHistory):
         """
         if self._release is not None:
             self._release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- the logic, once -----------------------------------------------------------
 

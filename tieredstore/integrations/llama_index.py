@@ -44,7 +44,6 @@ interface from ``BaseChatStore``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Self
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
@@ -55,7 +54,7 @@ from tieredstore.config import Limits
 from tieredstore.core import TTLLike, check_session_id
 from tieredstore.errors import InvalidInput, InvalidMessage, SessionNotFound, VersionConflict
 from tieredstore.integrations import async_target, sync_target
-from tieredstore.integrations.shared import optional_ttl, shared_tiered_store
+from tieredstore.integrations.shared import ClosesOnExit, optional_ttl, shared_tiered_store
 from tieredstore.model import Message, thaw_json
 from tieredstore.plans import Op, Plan, arun, run
 from tieredstore.tiering import Durability
@@ -133,7 +132,7 @@ def _index(idx: object, what: str = "idx") -> int:
     return idx
 
 
-class TieredChatStore(BaseChatStore):
+class TieredChatStore(ClosesOnExit, BaseChatStore):
     """A LlamaIndex ``BaseChatStore`` over a tieredstore store; keys are session ids.
 
     ``store`` is a sync store (every method works; the async ones run its
@@ -205,17 +204,6 @@ class TieredChatStore(BaseChatStore):
         """Give back the store :meth:`from_url` opened; a store you passed stays open."""
         if self._release is not None:
             self._release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- the logic, once -----------------------------------------------------------
 

@@ -14,11 +14,36 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from datetime import timedelta
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from tieredstore.core import TTLLike, resolve_ttl_ms
 
-__all__ = ["SharedStores", "optional_ttl", "shared_stores", "shared_tiered_store"]
+__all__ = [
+    "ClosesOnExit",
+    "SharedStores",
+    "optional_ttl",
+    "shared_stores",
+    "shared_tiered_store",
+]
+
+
+class ClosesOnExit:
+    """``with obj:`` calls ``obj.close()`` on the way out."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class _Entry:
