@@ -205,7 +205,7 @@ def test_settings_and_urls_at_fault_are_named_in_one_line(cli: Cli) -> None:
     older = cli.run("migrate", "--revision", "0001")  # the archive is at head: refused
     _one_line_error(older, 1, "only upgrades")
     reached = cli.run("migrate")
-    assert reached.returncode == 0 and reached.stdout.strip() == "archive at 0004"
+    assert reached.returncode == 0 and reached.stdout.strip() == "archive at 0005"
     _one_line_error(cli.run("export", "--session", "c-1", "--session", "nope"), 3, "'nope'")
 
 

@@ -68,7 +68,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_check_downgrade_upgrade(fresh_url: str) -> None:
     assert current_revision(fresh_url) is None
     migrate(fresh_url)
-    assert current_revision(fresh_url) == head_revision() == "0004"
+    assert current_revision(fresh_url) == head_revision() == "0005"
     assert _tables(fresh_url) == TABLES | {VERSION_TABLE}
     check(fresh_url)  # the models and the migrated schema do not drift
     migrate(fresh_url)  # idempotent
@@ -77,7 +77,7 @@ def test_upgrade_check_downgrade_upgrade(fresh_url: str) -> None:
     # Only Alembic's (now empty) revision table is left.
     assert _tables(fresh_url) == {VERSION_TABLE}
     migrate(fresh_url, "head")
-    assert current_revision(fresh_url) == "0004"
+    assert current_revision(fresh_url) == "0005"
     check(fresh_url)
 
 
@@ -119,7 +119,7 @@ def test_the_package_level_migrate(tmp_path: Path) -> None:
 
     url = f"sqlite:///{tmp_path / 'entry.db'}"
     tieredstore.migrate(url)
-    assert current_revision(url) == "0004"
+    assert current_revision(url) == "0005"
 
 
 def test_migrations_folder_ships_beside_the_package() -> None:

@@ -131,7 +131,7 @@ def test_0004_partitions_a_filled_archive_keeping_rows_and_counters(url: str, st
         message_columns = [c["name"] for c in inspector.get_columns(MESSAGES)]
         assert len(before[MESSAGES]) == 23 * 4 + 1
         migrate(url)
-        assert current_revision(url) == "0004"
+        assert current_revision(url) == "0005"
         check(url)
         with engine.connect() as conn:
             sessions = {r.session_id: r for r in conn.execute(sa.text(

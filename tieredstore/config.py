@@ -131,6 +131,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TIEREDSTORE_TRIM_MAX_BYTES", "int", None, "worker", low=1),
     Setting("TIEREDSTORE_TRIM_KEEP", "flag", None, "worker", choices=(*_FLAG, "on", "off")),
     Setting("TIEREDSTORE_VISIBILITY_TIMEOUT", "float", "3600", "worker", low=0),
+    Setting("TIEREDSTORE_CHECKPOINT_INTERVAL", "float", "60", "worker", low=0.001),
+    Setting("TIEREDSTORE_CHECKPOINT_WINDOW", "int", "10", "worker", low=1),
     Setting("TIEREDSTORE_METRICS_PORT", "int", None, "worker", low=1, high=65535),
     Setting("TIEREDSTORE_METRICS_ADDR", "text", "127.0.0.1", "worker"),
 )

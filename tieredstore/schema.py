@@ -18,6 +18,12 @@ writes after the last seq ever used. ``month`` places a session's messages
 in one monthly partition on PostgreSQL (see
 :mod:`tieredstore.tiers.archive.partitions`); there is no foreign key from
 messages to sessions, the store deletes both together.
+
+The ``tieredstore_checkpoint*`` tables (migration 0005) archive LangGraph
+checkpoints (:mod:`tieredstore.integrations.langgraph`): one row per thread
+(its generation, activity, expiry and delete tombstone), one per checkpoint
+(the serializer's ``type`` and bytes, metadata as JSON) and one per pending
+write, keyed as LangGraph keys them.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from sqlalchemy.dialects import postgresql
 from tieredstore.errors import InvalidInput
 
 __all__ = [
+    "CHECKPOINTS",
+    "CHECKPOINT_THREADS",
+    "CHECKPOINT_WRITES",
     "DEFAULT_FTS_LANGUAGE",
     "FTS_INDEX",
     "MESSAGES",
@@ -35,6 +44,9 @@ __all__ = [
     "SESSIONS",
     "TABLE_PREFIX",
     "VERSION_TABLE",
+    "checkpoint_threads",
+    "checkpoint_writes",
+    "checkpoints",
     "messages",
     "metadata",
     "normalize_url",
@@ -44,6 +56,9 @@ __all__ = [
 TABLE_PREFIX = "tieredstore_"
 SESSIONS = TABLE_PREFIX + "sessions"
 MESSAGES = TABLE_PREFIX + "messages"
+CHECKPOINT_THREADS = TABLE_PREFIX + "checkpoint_threads"
+CHECKPOINTS = TABLE_PREFIX + "checkpoints"
+CHECKPOINT_WRITES = TABLE_PREFIX + "checkpoint_writes"
 #: Alembic's revision table for tieredstore (apart from an app's ``alembic_version``).
 VERSION_TABLE = TABLE_PREFIX + "alembic_version"
 #: The GIN index behind full-text search on PostgreSQL (migration 0002).
@@ -157,6 +172,67 @@ messages = sa.Table(
     postgresql_partition_by="RANGE (month)",
 )
 
+
+checkpoint_threads = sa.Table(
+    CHECKPOINT_THREADS,
+    metadata,
+    sa.Column("namespace", IdType, nullable=False),
+    sa.Column("thread_id", IdType, nullable=False),
+    # The creation (unix ms) of the oldest generation whose rows are here.
+    sa.Column("created_ms", sa.BigInteger(), nullable=False),
+    sa.Column("updated_ms", sa.BigInteger(), nullable=False),
+    sa.Column("expires_ms", sa.BigInteger(), nullable=True),
+    # The thread's tombstone: when it was last deleted. Copies of generations
+    # created before it are refused.
+    sa.Column("deleted_ms", sa.BigInteger(), nullable=True),
+    sa.PrimaryKeyConstraint("namespace", "thread_id"),
+    # retention: threads by last activity; expiry sweeps.
+    sa.Index("ix_tieredstore_checkpoint_threads_activity", "namespace", "updated_ms"),
+    sa.Index("ix_tieredstore_checkpoint_threads_expiry", "namespace", "expires_ms"),
+)
+
+checkpoints = sa.Table(
+    CHECKPOINTS,
+    metadata,
+    sa.Column("namespace", IdType, nullable=False),
+    sa.Column("thread_id", IdType, nullable=False),
+    sa.Column("checkpoint_ns", IdType, nullable=False),
+    sa.Column("checkpoint_id", IdType, nullable=False),
+    sa.Column("parent_checkpoint_id", IdType, nullable=True),
+    sa.Column("created_ms", sa.BigInteger(), nullable=False),
+    # The serializer's type tag and bytes of the whole checkpoint, channel values included.
+    sa.Column("type", sa.String(), nullable=False),
+    sa.Column("checkpoint", sa.LargeBinary(), nullable=False),
+    sa.Column("metadata", JSONType, nullable=False),
+    # list(): a thread's checkpoints newest first, per checkpoint namespace.
+    sa.PrimaryKeyConstraint("namespace", "thread_id", "checkpoint_ns", "checkpoint_id"),
+    # PostgreSQL: list(filter=...) as metadata containment.
+    sa.Index(
+        "ix_tieredstore_checkpoints_metadata",
+        "metadata",
+        postgresql_using="gin",
+        postgresql_ops={"metadata": "jsonb_path_ops"},
+    ).ddl_if(dialect="postgresql"),
+)
+
+checkpoint_writes = sa.Table(
+    CHECKPOINT_WRITES,
+    metadata,
+    sa.Column("namespace", IdType, nullable=False),
+    sa.Column("thread_id", IdType, nullable=False),
+    sa.Column("checkpoint_ns", IdType, nullable=False),
+    sa.Column("checkpoint_id", IdType, nullable=False),
+    sa.Column("task_id", IdType, nullable=False),
+    # LangGraph's index of the write in its task (negative for special channels).
+    sa.Column("idx", sa.Integer(), nullable=False),
+    sa.Column("channel", sa.String(), nullable=False),
+    sa.Column("type", sa.String(), nullable=False),
+    sa.Column("value", sa.LargeBinary(), nullable=False),
+    sa.Column("task_path", sa.String(), nullable=False),
+    sa.PrimaryKeyConstraint(
+        "namespace", "thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "idx"
+    ),
+)
 
 def normalize_url(url: str | sa.URL) -> sa.URL:
     """Parse ``url``; plain ``postgresql://``/``postgres://`` means psycopg 3.

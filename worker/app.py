@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from celery import Celery
 
 from tieredstore.errors import ConfigurationError
+from tieredstore.integrations.langgraph.maintenance import CheckpointSettings
 from tieredstore.maintenance import MaintenanceSettings
 
 from .monitoring import connect, metrics_address
@@ -48,6 +49,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Celery:
     """A Celery app for the settings in ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
     settings = MaintenanceSettings.from_env(env)
+    checkpoints = CheckpointSettings.from_env(env)
     metrics_address(env)  # a bad TIEREDSTORE_METRICS_PORT fails the start, naming it
     queue = queue_name(env)
     app = Celery("tieredstore", broker=broker_url(env), include=[f"{__package__}.tasks"])
@@ -63,7 +65,7 @@ def create_app(env: Mapping[str, str] | None = None) -> Celery:
         broker_transport_options={
             "visibility_timeout": float(env.get("TIEREDSTORE_VISIBILITY_TIMEOUT") or 3600),
         },
-        beat_schedule=beat_schedule(settings, queue),
+        beat_schedule=beat_schedule(settings, queue, checkpoints),
         timezone="UTC",
         enable_utc=True,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from tieredstore.integrations.langgraph.maintenance import CheckpointSettings
 from tieredstore.maintenance import MaintenanceSettings
 
 __all__ = ["TASKS", "beat_schedule"]
@@ -16,16 +17,19 @@ TASKS: dict[str, str] = {
     "tieredstore-reconcile": "tieredstore.reconcile",
     "tieredstore-retain": "tieredstore.retain",
     "tieredstore-partitions": "tieredstore.partitions",
+    "tieredstore-checkpoints": "tieredstore.checkpoints",
 }
 """Beat entry name -> Celery task name."""
 
 
-def beat_schedule(settings: MaintenanceSettings, queue: str) -> dict[str, dict[str, Any]]:
+def beat_schedule(settings: MaintenanceSettings, queue: str,
+                  checkpoints: CheckpointSettings | None = None) -> dict[str, dict[str, Any]]:
     """Celery's ``beat_schedule``: each task every its interval, on ``queue``.
 
     A message not started within one interval expires unrun (the next tick
     sends another), so a stalled worker never comes back to a backlog.
-    ``retain`` is scheduled only when a retention period is set.
+    ``retain`` is scheduled only when a retention period is set; the
+    LangGraph ``checkpoints`` task when its settings are given.
     """
     intervals = {
         "tieredstore-expire": settings.expire_interval,
@@ -36,6 +40,8 @@ def beat_schedule(settings: MaintenanceSettings, queue: str) -> dict[str, dict[s
     }
     if settings.retention_days is not None:
         intervals["tieredstore-retain"] = settings.retain_interval
+    if checkpoints is not None:
+        intervals["tieredstore-checkpoints"] = checkpoints.interval
     return {
         entry: {
             "task": TASKS[entry],

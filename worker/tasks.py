@@ -29,9 +29,10 @@ Every run is logged to the capped list ``maint:runs`` (newest first) for
 operators and tests, with ``held``: when it took and released the lock
 (read inside the lock, so one task's spans never overlap while the lock
 holds). A run that has nothing to work on — ``archive_idle`` without an
-archive or without Redis — says so there (``"skipped": "no_archive"``) and
-in the log instead of doing nothing silently. With metrics on, every run
-counts in ``tieredstore_worker_tasks_total`` by outcome.
+archive or without Redis, ``checkpoints`` without an archive — says so there
+(``"skipped": "no_archive"``) and in the log instead of doing nothing
+silently. With metrics on, every run counts in
+``tieredstore_worker_tasks_total`` by outcome.
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from celery import Task
 
 from tieredstore import maintenance, metrics
+from tieredstore.integrations.langgraph.maintenance import CheckpointSettings, maintain_checkpoints
 from tieredstore.maintenance import MaintenanceResult, MaintenanceSettings
 from tieredstore.store import TieredStore
 from tieredstore.tiers.redis import RedisKeys
@@ -62,6 +64,7 @@ __all__ = [
     "LockLost",
     "Maintenance",
     "archive_idle",
+    "checkpoints",
     "expire",
     "partitions",
     "reconcile",
@@ -106,6 +109,7 @@ class Maintenance:
     settings: MaintenanceSettings
     client: redis.Redis
     root: str
+    checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)
 
     @classmethod
     def from_env(cls) -> Maintenance:
@@ -121,7 +125,7 @@ class Maintenance:
             client = redis.Redis.from_url(url)
             prefix = env.get("TIEREDSTORE_PREFIX", "ts")
             root = RedisKeys(prefix, env.get("TIEREDSTORE_NAMESPACE", "default")).root
-        return cls(store, settings, client, root + "maint:")
+        return cls(store, settings, client, root + "maint:", CheckpointSettings.from_env(env))
 
     def claim_slot(self, task: str, interval: float) -> tuple[bool, int]:
         """Claim the task's current interval slot: ``(claimed, slot)``."""
@@ -317,3 +321,20 @@ def reconcile(self: Task, slot: int | None = None, chain: int = 0) -> dict[str, 
     """After an outage: reconcile detached sessions and drain outboxes (one bounded run)."""
     return run_task(self, "reconcile", context().settings.reconcile_interval, _reconcile, slot,
                     chain)
+
+
+def _checkpoints(ctx: Maintenance, progress: maintenance.Progress) -> MaintenanceResult:
+    return maintain_checkpoints(ctx.store, archive_after=ctx.settings.archive_after,
+                                window=ctx.checkpoints.window,
+                                retention_days=ctx.settings.retention_days,
+                                **_leased(ctx, progress))
+
+
+@app.task(name="tieredstore.checkpoints", bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+def checkpoints(self: Task, slot: int | None = None, chain: int = 0) -> dict[str, Any]:
+    """LangGraph checkpoints: archive idle threads and those over the hot window,
+    expire, retain (one bounded run)."""
+    ctx = context()
+    if ctx.store.archive is None:
+        return nothing_to_do(ctx, "checkpoints", "no_archive")
+    return run_task(self, "checkpoints", ctx.checkpoints.interval, _checkpoints, slot, chain)

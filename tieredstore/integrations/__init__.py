@@ -13,6 +13,9 @@
 * :mod:`tieredstore.integrations.google_adk` (``pip install 'tieredstore[google-adk]'``):
   :class:`~tieredstore.integrations.google_adk.TieredSessionService`, a Google
   ADK ``BaseSessionService``.
+* :mod:`tieredstore.integrations.langgraph` (``pip install 'tieredstore[langgraph]'``):
+  :class:`~tieredstore.integrations.langgraph.TieredCheckpointSaver`, a
+  LangGraph ``BaseCheckpointSaver`` over Redis and an archive.
 
 Each takes any store — sync (``TieredStore``, ``RedisStore``, ...) or async
 (``AsyncTieredStore``, ...). Their I/O is written once as plans (see
