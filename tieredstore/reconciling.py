@@ -152,10 +152,17 @@ class Reconciler:
         if receipt.pending > 1:
             # Older writes wait in the outbox: copy them all, in order, this one included.
             try:
-                yield from self.drain_outbox(sid)
-            except BackendUnavailable:
-                self.stats["archive"].errors += 1
-            return receipt.version
+                _, reconciled = yield from self._drain(sid)
+            except BackendUnavailable as exc:
+                if exc.backend != "redis":
+                    self.stats["archive"].errors += 1
+                    return receipt.version
+                # Redis failed under the drain: the write must still reach the
+                # archive before it is acknowledged (Redis alone may lose it).
+            else:
+                # Reconciled on the way (Redis numbered a write over one it lost):
+                # the write is part of the new history, whose version is above both.
+                return reconciled or receipt.version
         try:
             applied = yield mirror
             if not applied:
@@ -170,7 +177,9 @@ class Reconciler:
         except BackendUnavailable:
             return receipt.version
         if left:
-            yield from self.drain_outbox(sid)
+            # Others' records: this write is in the archive already, whatever happens to them.
+            with contextlib.suppress(BackendUnavailable):
+                yield from self.drain_outbox(sid)
         return receipt.version
 
     def _settle_mirror(self, sid: str) -> Plan[None]:
@@ -186,11 +195,16 @@ class Reconciler:
 
     def drain_outbox(self, sid: str) -> Plan[int]:
         """Copy every outbox record of ``sid`` into the archive; how many were drained."""
+        drained, _ = yield from self._drain(sid)
+        return drained
+
+    def _drain(self, sid: str) -> Plan[tuple[int, int]]:
+        """:meth:`drain_outbox`, also returning the version a reconciliation on the
+        way gave the session (0: none happened)."""
         try:
             created, records = yield _redis("outbox_records", sid)
         except SessionFenced:
-            yield from self.reconcile(sid)
-            return 0
+            return 0, (yield from self.reconcile(sid))
         done: list[int] = []
         failure: BackendUnavailable | None = None
         fenced = False
@@ -221,11 +235,10 @@ class Reconciler:
             # On failure the records stay and are drained again (mirrors are idempotent).
             with contextlib.suppress(BackendUnavailable):
                 yield _redis("outbox_ack", sid, created, done)
-        if fenced:
-            yield from self.reconcile(sid)
+        reconciled = (yield from self.reconcile(sid)) if fenced else 0
         if failure is not None:
             raise failure
-        return len(done)
+        return len(done), reconciled
 
     def settle(self, limit: int) -> Plan[tuple[int, int, bool]]:
         """Reconcile up to ``limit`` detached sessions and drain up to ``limit``

@@ -59,8 +59,12 @@ class ArchiveCopies(ArchiveBase):
                 and row.created_ms == receipt.created_ms
                 and not row.detached
                 and seqs
-                and seqs[0] < row.next_seq
-                and self._overwrites(conn, sid, batch, seqs, receipt.updated_ms)
+                and (
+                    # new messages under the version of a write this tier holds
+                    receipt.version == row.version
+                    if seqs[0] >= row.next_seq
+                    else self._overwrites(conn, sid, batch, seqs, receipt.updated_ms)
+                )
             ):
                 conn.execute(_UPDATE_ROW, self._params(sid, detached=True))
                 return None
@@ -83,8 +87,9 @@ class ArchiveCopies(ArchiveBase):
 
         applied = yield from self._transaction(work, "writer")
         if applied is None:
-            # Redis numbered this write over messages the archive holds: it lost
-            # acknowledged writes (a failover to a replica that never got them).
+            # Redis numbered this write over messages (or the version) of a write
+            # the archive holds: it lost acknowledged writes (a failover to a
+            # replica that never got them).
             # The session is now detached; reconciliation keeps both histories.
             raise SessionFenced(sid)
         return applied

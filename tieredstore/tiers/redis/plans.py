@@ -15,6 +15,7 @@ plan calls again with those added (:meth:`RedisOps.with_users`).
 from __future__ import annotations
 
 import heapq
+import secrets
 from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -232,6 +233,8 @@ class RedisOps:
             self.announce(sid),
             flag(self.spill),
             outbox_body(batch, None, None) if outbox else b"",
+            # Names this call: a client's retry after a lost reply does not append twice.
+            secrets.token_hex(8),
             *batch.payloads,
         ]
         reply = yield from self._session_write("append", sid, self.keys.writes(sid), args)

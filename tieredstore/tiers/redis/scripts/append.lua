@@ -1,7 +1,9 @@
 -- append: add messages at the end of a session's window, trimming it.
 -- KEYS  m h x d ob idx exp own obx, then the user indexes named in ARGV[2]
--- ARGV  sid unames expected ttl max kinds create chan spill body payloads*
--- Replies as save.
+-- ARGV  sid unames expected ttl max kinds create chan spill body call payloads*
+-- Replies as save. `call` names this call: a client that sends the script again
+-- after losing its reply (redis-py's cluster client retries on a dropped
+-- connection) gets the first reply back instead of appending twice.
 -- @include now
 -- @include hash
 -- @include push
@@ -14,12 +16,20 @@ local sid = ARGV[1]
 local expected, ttl, max = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local kinds, create, chan = ARGV[6], ARGV[7] == '1', ARGV[8]
 if ARGV[9] == '1' then SPILL = x end
-local body = ARGV[10]
+local body, call = ARGV[10], ARGV[11]
 local now = now_ms()
 local f = redis.call('HMGET', h, 'version', 'expires', 'ttl', 'updated', 'lead', 'user',
-                      'created', 'n', 'f')
+                      'created', 'n', 'f', 'w', 'wr')
 local live = f[1] and not (f[2] and tonumber(f[2]) <= now)
 if live and f[9] then return {'fenced'} end
+if live and call ~= '' and f[10] == call then
+  local r = {'ok'}
+  for v in string.gmatch(f[11], '%S+') do r[#r + 1] = v end
+  if r[7] == '-' then r[7] = false end
+  if r[8] == '-' then r[8] = false end
+  r[9] = body ~= '' and redis.call('HLEN', ob) or 0
+  return r
+end
 if not live and not create then return {'absent'} end
 local version = live and tonumber(f[1]) or 0
 if expected >= 0 and expected ~= version then return {'conflict', version} end
@@ -38,7 +48,7 @@ else
   bury(m, h, x, sid)
   created = fmt(born(d, now))
 end
-local n = push_entries(m, kinds, 11, first, now)
+local n = push_entries(m, kinds, 12, first, now)
 local before = n - #kinds
 for i = 1, #kinds do
   if lead == before + i - 1 and string.byte(kinds, i) == 115 then lead = lead + 1 end
@@ -47,8 +57,14 @@ lead, n = trim(m, lead, n, max)
 local fields = {'version', fmt(version + 1), 'created', created, 'updated', fmt(updated),
                 'lead', fmt(lead), 'n', fmt(first + #kinds)}
 if not live then fields[#fields + 1] = 'b'; fields[#fields + 1] = '0' end
+if ttl >= 0 then t = fmt(ttl); e = fmt(now + ttl) end
+if call ~= '' then
+  fields[#fields + 1] = 'w'; fields[#fields + 1] = call
+  fields[#fields + 1] = 'wr'
+  fields[#fields + 1] = table.concat({fmt(version + 1), fmt(first), fmt(first + #kinds),
+                                      created, fmt(updated), e or '-', t or '-'}, ' ')
+end
 if ttl >= 0 then
-  t = fmt(ttl); e = fmt(now + ttl)
   fields[#fields + 1] = 'expires'; fields[#fields + 1] = e
   fields[#fields + 1] = 'ttl'; fields[#fields + 1] = t
   hset(h, fields)
