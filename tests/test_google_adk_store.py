@@ -318,19 +318,29 @@ def test_two_processes_share_a_session(harness: Harness, loop_thread: LoopThread
     first = TieredSessionService(real(harness.make()))
     second = TieredSessionService(real(harness.make()))
 
+    async def read_when_current(service: TieredSessionService, events: int) -> Any:
+        """The session once ``service`` sees ``events`` events: another process's
+        memory tier catches up when the write's invalidation arrives (bounded wait)."""
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            got = await service.get_session(app_name="app", user_id="u", session_id="s")
+            assert got is not None
+            if len(got.events) >= events or asyncio.get_running_loop().time() > deadline:
+                return got
+            await asyncio.sleep(0.02)
+
     async def scenario() -> None:
         session = await first.create_session(app_name="app", user_id="u", session_id="s")
         await first.append_event(session, event(1, actions=EventActions(state_delta={"a": 1})))
-        theirs = await second.get_session(app_name="app", user_id="u", session_id="s")
-        assert theirs is not None and theirs.state == {"a": 1}
+        theirs = await read_when_current(second, 1)
+        assert theirs.state == {"a": 1}
         await second.append_event(theirs, event(2, actions=EventActions(state_delta={"b": 2})))
         with pytest.raises(StaleSessionError):
             await first.append_event(session, event(3))
         # A current session object is accepted by either process.
         await first.append_event(theirs, event(3, actions=EventActions(state_delta={"c": 3})))
         for service in (first, second):
-            got = await service.get_session(app_name="app", user_id="u", session_id="s")
-            assert got is not None
+            got = await read_when_current(service, 3)
             assert [e.timestamp for e in got.events] == [1, 2, 3]
             assert got.state == {"a": 1, "b": 2, "c": 3}
 
