@@ -14,19 +14,30 @@ Every database the tests open — a SQLite path, a URL, an engine, a client
 with a key prefix — is a namespace of its own (an in-memory one a new
 namespace per session), so tests share data exactly when the SDK's backends
 would. The tests named in ``excluded.json`` (those that inspect a backend's
-internals) are deselected. Async tests run here, each on a new event loop,
-so pytest-asyncio is not needed.
+internals) are deselected; building one of the SDK's own backends, or a
+test module naming one, is an error. ``RedisSession._owns_client`` reads
+the session's ``owns_store``. Async tests run here, each on a new event
+loop, so pytest-asyncio is not needed.
+
+CPython 3.11 before 3.11.8 keeps the AST-to-object recursion counter in
+global state (CPython gh-106905): when a garbage collection switches threads
+in the middle of ``ast.parse`` and another thread parses too (formatting a
+logged traceback, say), ``SystemError: AST constructor recursion depth
+mismatch`` follows. pytest parses a test file to report its failure, and a
+``SystemError`` there is an INTERNALERROR that ends the run, so failures are
+reported with the collector paused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import json
 import os
 import uuid
 import weakref
-from collections.abc import Hashable
+from collections.abc import Generator, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +180,11 @@ class RedisSession(TieredSession):
         return cls(session_id, redis_client=None, session_settings=session_settings,
                    _url=url, **kwargs)
 
+    @property
+    def _owns_client(self) -> bool:
+        """``RedisSession``'s ownership flag: whether :meth:`close` closes the store."""
+        return self.owns_store
+
     async def close(self) -> None:
         await self.aclose()
 
@@ -181,6 +197,20 @@ class RedisSession(TieredSession):
         return True
 
 
+_REPLACED: dict[type[Any], type[TieredSession]] = {
+    agents.memory.SQLiteSession: SQLiteSession,
+    sqlalchemy_session.SQLAlchemySession: SQLAlchemySession,
+    redis_session.RedisSession: RedisSession,
+}
+
+
+def _refuse(self: Any, *args: Any, **kwargs: Any) -> None:
+    raise AssertionError(f"the SDK's own {type(self).__name__} was built, not a TieredSession")
+
+
+for _original in _REPLACED:
+    _original.__init__ = _refuse  # a path the swap below misses fails loudly
+
 agents.SQLiteSession = SQLiteSession
 agents.memory.SQLiteSession = SQLiteSession
 sqlalchemy_session.SQLAlchemySession = SQLAlchemySession
@@ -190,10 +220,18 @@ agents.extensions.memory.RedisSession = RedisSession
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the tests of ``excluded.json``: ``{file: {test name: reason}}``."""
+    """Deselect the tests of ``excluded.json``: ``{file: {test name: reason}}``.
+
+    Also checks that every test module names the replacements, never the
+    SDK's own backends.
+    """
     excluded = json.loads((Path(__file__).parent / "excluded.json").read_text())
     kept, dropped = [], []
     for item in items:
+        module = getattr(item, "module", None)
+        for original, replacement in _REPLACED.items():
+            found = getattr(module, original.__name__, replacement)
+            assert found is replacement, f"{item.nodeid} uses the SDK's own {found!r}"
         file = item.nodeid.split("::", 1)[0].removeprefix("tests/")
         name = getattr(item, "originalname", item.name)
         (dropped if name in excluded.get(file, {}) else kept).append(item)
@@ -211,3 +249,15 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     kwargs = {name: pyfuncitem.funcargs[name] for name in names}
     asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), TEST_TIMEOUT))
     return True
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport() -> Generator[None, None, None]:
+    """Build each report (a failure's traceback included) with the collector paused."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
