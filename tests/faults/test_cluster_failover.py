@@ -244,7 +244,7 @@ def check_nothing_acknowledged_lost(
     strict=False,
     reason="known open bug: an append whose Redis reply is lost in the failover after the "
     "client's retries are spent is redone in the archive alone, so a version can repeat or "
-    "a record be absorbed twice (about one run in eight); the sync variants pass",
+    "a record be absorbed twice (2 of 3 full-suite runs); the sync variants pass",
 )
 def test_async_store_resumes_and_resubscribes_after_a_failover(
     private_cluster: RedisClusterServers, pg_url: str, pg_engine: Any
