@@ -49,6 +49,7 @@ from tieredstore.integrations.langgraph.records import (
     check_thread_id,
 )
 from tieredstore.integrations.langgraph.tiers import CheckpointTiers, Durability, RecordCache
+from tieredstore.integrations.shared import ClosesOnExit
 from tieredstore.tiers.archive import ArchiveStore
 from tieredstore.tiers.redis import RedisStore
 from tieredstore.tiers.transfer import DEFAULT_TOMBSTONE_TTL
@@ -70,7 +71,7 @@ def _no_nul(value: Any, where: str) -> None:
             _no_nul(item, where)
 
 
-class TieredCheckpointSaver(BaseCheckpointSaver[str]):
+class TieredCheckpointSaver(ClosesOnExit, BaseCheckpointSaver[str]):
     """LangGraph checkpoints hot in Redis (and a memory tier), durable in the archive.
 
     ``redis``/``archive``: the tiers (a :class:`RedisStore` and an
@@ -199,13 +200,6 @@ class TieredCheckpointSaver(BaseCheckpointSaver[str]):
         owned, self._owned = self._owned, []
         for store in owned:
             store.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     async def __aenter__(self) -> Self:
         return self
