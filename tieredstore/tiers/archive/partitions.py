@@ -149,9 +149,11 @@ def analyze(conn: sa.Connection, name: str) -> None:
 def ensure(conn: sa.Connection, months: Iterable[int]) -> list[str]:
     """Create (and analyse) a partition for each of ``months`` none covers; their names.
 
-    ``conn`` should autocommit: each ``CREATE`` is then its own short
-    transaction, holding the parent's lock only while it runs. A partition
-    a concurrent process created first is taken as it is.
+    ``conn`` must autocommit: each ``CREATE`` is then its own short
+    transaction, holding the parent's lock only while it runs, and a failed
+    one leaves the connection usable. A partition a concurrent process
+    created first is taken as it is and not reported: the ``CREATE`` has no
+    ``IF NOT EXISTS``, which would succeed silently on the other's table.
     """
     known = ranges(conn)
     created = []
@@ -162,7 +164,7 @@ def ensure(conn: sa.Connection, months: Iterable[int]) -> list[str]:
         try:
             conn.execute(
                 sa.text(
-                    f'CREATE TABLE IF NOT EXISTS "{name}" PARTITION OF {MESSAGES} '
+                    f'CREATE TABLE "{name}" PARTITION OF {MESSAGES} '
                     f"FOR VALUES FROM ({month}) TO ({next_month(month)})"
                 )
             )
