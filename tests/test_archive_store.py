@@ -25,8 +25,9 @@ from tests.conftest import FakeClock
 from tieredstore import ArchiveStore, BackendUnavailable, InvalidInput, SchemaNotReady
 from tieredstore.core import prepare_batch
 from tieredstore.model import FrozenDict
+from tieredstore import schema
 from tieredstore.schema import MESSAGES, SESSIONS, normalize_url
-from tieredstore.tiers.transfer import WriteReceipt
+from tieredstore.tiers.transfer import SessionFenced, WriteReceipt
 
 USER = {"role": "user", "content": "Hello"}
 ASSISTANT = {"role": "assistant", "content": "Hi there!"}
@@ -510,6 +511,51 @@ def test_mirror_lands_writes_by_seq_in_any_order(store: ArchiveStore) -> None:
     assert store.get("s1").version == 1
     # an append to a session this tier never saw leaves a gap: reported as False
     assert not store.mirror("gap", batches[1], _receipt(5, 5, 1, created), replace=False)
+
+
+def test_mirrored_appends_leave_the_row_as_a_recount_would(
+    store: ArchiveStore, engine: sa.Engine, clock: FakeClock
+) -> None:
+    """Appends mirrored after every stored seq (one statement on PostgreSQL) keep
+    the count, the leading system run, the next seq and the expiry exact; what
+    the statement does not take (a repeat, an older write, a detached row)
+    goes the general way and changes nothing it must not."""
+    created = int(clock.now * 1000)
+    roles = ["system", "system", "user", "system", "assistant"]
+    batches = [prepare_batch([msg(i, role)], store.limits) for i, role in enumerate(roles)]
+    assert store.mirror("s1", batches[0], _receipt(1, 0, 1, created), replace=True)
+    for version in range(2, 6):
+        first = version - 1
+        ttl = 3_600_000 if version == 3 else None
+        receipt = WriteReceipt(
+            version, first, first + 1, created, created + version,
+            created + version + ttl if ttl else None, ttl,
+        )
+        assert store.mirror("s1", batches[first], receipt, replace=False)
+    expected = (5, 5, 2, 5)
+    table = schema.sessions
+    query = sa.select(table.c.version, table.c.message_count, table.c.lead,
+                      table.c.next_seq).where(table.c.namespace == store.namespace,
+                                              table.c.session_id == "s1")
+
+    def row() -> tuple[Any, ...]:
+        with engine.connect() as conn:
+            return tuple(conn.execute(query).one())
+
+    assert row() == expected
+    assert store.get("s1").expires_at is None  # the last write had no TTL
+    assert store.load("s1") == [msg(i, role) for i, role in enumerate(roles)]
+    # the same write again, then an older one: nothing changes
+    assert store.mirror("s1", batches[4], _receipt(5, 4, 1, created), replace=False)
+    assert store.mirror("s1", batches[3], _receipt(4, 3, 1, created), replace=False)
+    assert row() == expected
+    # a newer write of a detached session is refused, as every write to it is
+    with engine.begin() as conn:
+        conn.execute(sa.update(table).where(table.c.namespace == store.namespace,
+                                            table.c.session_id == "s1").values(detached=True))
+    with pytest.raises(SessionFenced):
+        store.mirror("s1", batches[2], _receipt(6, 5, 1, created), replace=False)
+    assert row() == expected
 
 
 def test_mirror_metadata_and_restore(make: Callable[..., ArchiveStore]) -> None:

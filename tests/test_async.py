@@ -363,6 +363,7 @@ _ALLOWED = {
     "__init__",
     "_drive",
     "_drive_plan",
+    "_answer",
     "_send",
     "_eval",
     "_cluster_calls",

@@ -381,6 +381,12 @@ class AsyncTieredStore(TieredShell, AsyncBaseStore):
             await self._listen()
         return await arun(plan, self._targets)
 
+    async def _answer(
+        self, work: builtins.list[Message] | Plan[builtins.list[Message]]
+    ) -> builtins.list[Message]:
+        """What the core had at hand (a hit), or what its plan returns."""
+        return work if isinstance(work, builtins.list) else await self._drive(work)
+
     async def _listen(self) -> None:
         """Start the invalidation listener on the store's loop thread (once), and
         wait until it subscribed (up to the listener's own bound)."""
@@ -459,7 +465,7 @@ class AsyncTieredStore(TieredShell, AsyncBaseStore):
         self, session_id: str, /, *, last: int | None = None, full: bool = False
     ) -> builtins.list[Message]:
         """See :meth:`tieredstore.TieredStore.load`."""
-        return await self._drive(self._core.load(self._sid(session_id), check_last(last), full))
+        return await self._answer(self._core.load_now_or_plan(session_id, last, full))
 
     async def history(
         self, session_id: str, /, *, before: int | None = None, limit: int = 100

@@ -11,6 +11,10 @@ its message whatever a trim removes around it.
 from __future__ import annotations
 
 import base64
+from collections import deque
+from collections.abc import Sequence
+from itertools import repeat
+from operator import itemgetter, methodcaller
 from typing import Any
 
 import orjson
@@ -23,6 +27,7 @@ __all__ = [
     "decode_entry",
     "decode_json",
     "decode_message",
+    "decode_window",
     "encode_cursor",
     "encode_entry",
     "encode_json",
@@ -85,6 +90,65 @@ def decode_entry(entry: bytes) -> tuple[str, int, int, Message]:
     """Split a hot-tier entry into (kind, seq, unix-ms, message)."""
     kind, seq, timestamp_ms, payload = split_entry(entry)
     return kind, seq, timestamp_ms, decode_message(payload)
+
+
+_split_entry = methodcaller("split", b":", 2)
+_head = itemgetter(0)
+_payload = itemgetter(2)
+
+
+class Window:
+    """Hot-tier entries decoded at once (see :func:`decode_window`)."""
+
+    __slots__ = ("_heads", "messages", "nbytes")
+
+    def __init__(self, messages: list[Message], heads: list[bytes], nbytes: int) -> None:
+        self.messages = messages
+        self._heads = heads  # b"<kind><seq>" of each entry
+        self.nbytes = nbytes
+
+    @property
+    def kinds(self) -> str:
+        return bytes(map(_head, self._heads)).decode("ascii")
+
+    @property
+    def seqs(self) -> tuple[int, ...]:
+        """Each entry's seq. Seqs only grow along a list, so a window whose ends
+        are ``len - 1`` apart holds every seq between them: only two are parsed."""
+        heads = self._heads
+        if not heads:
+            return ()
+        first, last = int(heads[0][1:]), int(heads[-1][1:])
+        if last - first == len(heads) - 1:
+            return tuple(range(first, last + 1))
+        return tuple(int(head[1:]) for head in heads)
+
+
+def decode_window(entries: Sequence[bytes]) -> Window:
+    """Decode a list of hot-tier entries with one JSON parse for all of them.
+
+    The payloads are joined into one JSON array (each is a whole encoded
+    object, so the array holds exactly one value per entry) and the messages
+    are built without a Python call per message; only a message whose payload
+    may nest an object or an array is then frozen field by field.
+    """
+    if not entries:
+        return Window([], [], 0)
+    parts = list(map(_split_entry, entries))
+    payloads = list(map(_payload, parts))
+    joined = b"[" + b",".join(payloads) + b"]"
+    values = orjson.loads(joined)
+    if len(values) != len(entries):
+        raise InvalidMessage(f"{len(entries)} stored entries decoded to {len(values)} values")
+    messages: list[Message] = list(map(dict.__new__, repeat(Message, len(values))))
+    deque(map(dict.update, messages, values), maxlen=0)
+    if joined.count(b"{") != len(values) or joined.find(b"[", 1, len(joined) - 1) != -1:
+        for message, value, payload in zip(messages, values, payloads, strict=True):
+            if payload.find(b"[") != -1 or payload.find(b"{", 1) != -1:
+                for key, item in value.items():
+                    if type(item) is dict or type(item) is list:
+                        dict.__setitem__(message, key, freeze_json(item))
+    return Window(messages, list(map(_head, parts)), len(joined) - len(values) - 1)
 
 
 def entry_seq(entry: bytes) -> int:

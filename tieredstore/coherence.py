@@ -185,9 +185,11 @@ class ListenerCore:
     def healthy(self) -> bool:
         if not self.subscribed:
             return False
-        now = time.monotonic()
-        limit = 3 * self.ping_interval
-        return all(now - link.last_heard < limit for link in list(self._links.values()))
+        heard_since = time.monotonic() - 3 * self.ping_interval
+        for link in tuple(self._links.values()):  # noqa: SIM110 (read on every memory hit)
+            if link.last_heard <= heard_since:
+                return False
+        return True
 
     @property
     def last_heard(self) -> dict[str, float]:

@@ -245,10 +245,15 @@ def freeze_json(value: Any) -> Any:
     """Deeply freeze trusted, decoded JSON (no validation)."""
     kind = type(value)
     if kind is dict:
-        return FrozenDict({k: freeze_json(v) for k, v in value.items()})
+        return FrozenDict(
+            {k: freeze_json(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
+        )
     if kind is list:
-        return FrozenList([freeze_json(v) for v in value])
+        return FrozenList([freeze_json(v) if type(v) in _CONTAINERS else v for v in value])
     return value
+
+
+_CONTAINERS = frozenset((dict, list))
 
 
 def validate_json_object(value: Mapping[str, Any] | None, where: str) -> FrozenDict:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tieredstore.base import BaseStore
 from tieredstore.coherence import InvalidationListener
-from tieredstore.core import Batch, Order, check_before, check_last, check_limit
+from tieredstore.core import Batch, Order, check_before, check_limit
 from tieredstore.model import FrozenDict, Message, Page, Session
 from tieredstore.plans import Plan, run
 from tieredstore.tiered_shell import TieredShell, default_data_dir
@@ -86,6 +86,12 @@ class TieredStore(TieredShell, BaseStore):
     def _drive(self, plan: Plan[T]) -> T:
         return run(plan, self._targets)
 
+    def _answer(
+        self, work: builtins.list[Message] | Plan[builtins.list[Message]]
+    ) -> builtins.list[Message]:
+        """What the core had at hand (a hit), or what its plan returns."""
+        return work if isinstance(work, builtins.list) else self._drive(work)
+
     def _save(
         self,
         sid: str,
@@ -144,7 +150,7 @@ class TieredStore(TieredShell, BaseStore):
         self, session_id: str, /, *, last: int | None = None, full: bool = False
     ) -> builtins.list[Message]:
         """The hot window (or the newest ``last``); ``full=True`` the whole history."""
-        return self._drive(self._core.load(self._sid(session_id), check_last(last), full))
+        return self._answer(self._core.load_now_or_plan(session_id, last, full))
 
     def history(
         self, session_id: str, /, *, before: int | None = None, limit: int = 100

@@ -22,11 +22,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from tieredstore import metrics
+from tieredstore import instrumentation, metrics
 from tieredstore.codec import decode_cursor, encode_cursor, encode_json
 from tieredstore.coherence import Generation, SeenGenerations
 from tieredstore.config import Limits
-from tieredstore.core import Batch, Clock, Order, check_limit, prepare_batch, to_ms
+from tieredstore.core import (
+    Batch,
+    Clock,
+    Order,
+    check_last,
+    check_limit,
+    check_session_id,
+    prepare_batch,
+    to_ms,
+)
 from tieredstore.errors import (
     BackendUnavailable,
     InvalidInput,
@@ -181,12 +190,36 @@ class TieredCore(Reconciler):
             return None
         if (
             self.listener is not None
+            and time.monotonic() - entry.cached_at > self.stale_after
             and not self.listener.healthy
-            and (time.monotonic() - entry.cached_at > self.stale_after)
         ):
             self.memory.invalidate(sid)
             return None
         return entry
+
+    def load_now_or_plan(
+        self, sid: Any, last: Any, full: bool
+    ) -> list[Message] | Plan[list[Message]]:
+        """A ``load``'s answer when the memory tier alone has it, with no plan and
+        no I/O (counted as a hit), else the :meth:`load` plan. The plan is needed
+        on a miss, for a sliding TTL to extend, for ``full``, while metrics are
+        observed (they wrap plans), and for arguments it must validate.
+
+        A hit needs no validation of ``sid``: only valid ids are ever cached.
+        """
+        if (
+            not full
+            and type(sid) is str
+            and (last is None or (type(last) is int and last >= 0))
+            and instrumentation.observer is None
+        ):
+            entry = self._memory_get(sid)
+            if entry is not None and not (self.sliding_ttl and entry.ttl_ms is not None):
+                self.stats["memory"].hits += 1
+                if last is None:
+                    return list(entry.messages)
+                return list(entry.messages[-last:]) if last else []
+        return self.load(check_session_id(sid, self.limits), check_last(last), full)
 
     def _memory_fill(self, snapshot: Snapshot) -> None:
         if self.memory is None or not snapshot.complete:

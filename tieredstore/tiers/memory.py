@@ -418,7 +418,11 @@ class MemoryStore(BaseStore):
     def peek(self, sid: str) -> SessionEntry | None:
         """The live entry for ``sid`` without validation (``None`` on a miss)."""
         with self._lock:
-            return self._live(sid, self._now_ms())
+            entry = self._cache.get(sid)
+            if entry is None or entry.expires_ms is None or entry.expires_ms > self._now_ms():
+                return entry
+            self._remove(sid)
+            return None
 
     def put_entry(self, sid: str, entry: SessionEntry) -> bool:
         """Cache a snapshot taken from another tier; ``False`` if it cannot fit."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,7 +17,13 @@ from tieredstore.tiers.archive.base import ArchiveBase, _NeedPartition, _Retry
 from tieredstore.tiers.archive.engines import _json_dumps
 from tieredstore.tiers.archive.partitions import missing_partition, month_of
 from tieredstore.tiers.archive.records import ArchiveCopy, PreparedCopies
-from tieredstore.tiers.archive.rows import _no_nul, _snapshot_batch, _stored_text, _subset
+from tieredstore.tiers.archive.rows import (
+    _arrays,
+    _no_nul,
+    _snapshot_batch,
+    _stored_text,
+    _subset,
+)
 from tieredstore.tiers.archive.statements import (
     _ABSORB_COLUMNS,
     _DELETE_MESSAGES_BEFORE,
@@ -27,6 +33,7 @@ from tieredstore.tiers.archive.statements import (
     _PG_COPY_MESSAGES,
     _PG_COPY_TYPES,
     _PG_CREATE_SESSIONS,
+    _PG_MIRROR,
     _UPDATE_ROW,
 )
 from tieredstore.tiers.transfer import SessionFenced
@@ -51,6 +58,17 @@ class ArchiveCopies(ArchiveBase):
         """The plan of :meth:`ArchiveStore.mirror`."""
         sid = self._sid(session_id)
         seqs = [receipt.first_seq + i for i in range(len(batch))]
+        if (
+            self._pg
+            and not replace
+            and metadata is None
+            and user_id is None
+            and seqs
+            and receipt.next_seq == seqs[-1] + 1
+        ):
+            tail = yield from self._transaction(self._mirror_tail(sid, batch, receipt), "single")
+            if tail:
+                return True
 
         def work(conn: sa.Connection) -> bool | None:
             row = self._lock_row(conn, sid)
@@ -93,6 +111,35 @@ class ArchiveCopies(ArchiveBase):
             # The session is now detached; reconciliation keeps both histories.
             raise SessionFenced(sid)
         return applied
+
+    def _mirror_tail(
+        self, sid: str, batch: Batch, receipt: WriteReceipt
+    ) -> Callable[[sa.Connection], bool]:
+        """The one-statement mirror of an append after every stored message (see
+        :data:`_PG_MIRROR`): ``True`` if it applied, ``False`` for another case."""
+        offsets = range(len(batch))
+        params = self._params(
+            sid,
+            version=receipt.version,
+            n=len(batch),
+            first=receipt.first_seq,
+            next_seq=receipt.next_seq,
+            created=receipt.created_ms,
+            updated=receipt.updated_ms,
+            batch_lead=leading_system(batch.kinds),
+        )
+        params.update(_arrays(batch, offsets, offsets))
+        if receipt.ttl_ms is not None:
+            params["ttl"], params["expires"] = receipt.ttl_ms, receipt.expires_ms
+        statement = _PG_MIRROR[receipt.ttl_ms is not None]
+
+        def work(conn: sa.Connection) -> bool:
+            try:
+                return conn.execute(statement, params).first() is not None
+            except sa.exc.IntegrityError:  # a seq already stored: the general path decides
+                return False
+
+        return work
 
     def _plan_mirror_metadata(
         self, session_id: str, metadata: FrozenDict, receipt: WriteReceipt
@@ -387,9 +434,32 @@ class ArchiveCopies(ArchiveBase):
             if user_id is not None:
                 values["user_id"] = user_id
         if deleted or inserted:
-            values["lead"] = conn.execute(_LEAD, self._params(sid)).scalar_one()
+            values["lead"] = self._lead_after(conn, sid, row, batch, keep, seqs, deleted, inserted)
         conn.execute(_UPDATE_ROW, self._params(sid, **values))
         return True
+
+    def _lead_after(
+        self,
+        conn: sa.Connection,
+        sid: str,
+        row: Any,
+        batch: Batch,
+        keep: Sequence[int],
+        seqs: Sequence[int],
+        deleted: int,
+        inserted: int,
+    ) -> int:
+        """The session's leading system messages once ``keep`` went in.
+
+        Messages that all went in after every stored one (an append) extend
+        the leading run only if it was the whole history: no need to count
+        it again, which reads the whole session. Anything else is counted.
+        """
+        if not deleted and inserted == len(keep) and seqs[keep[0]] >= row.next_seq:
+            if row.lead != row.message_count:
+                return int(row.lead)
+            return int(row.lead) + leading_system("".join(batch.kinds[i] for i in keep))
+        return int(conn.execute(_LEAD, self._params(sid)).scalar_one())
 
     def _overwrites(
         self, conn: sa.Connection, sid: str, batch: Batch, seqs: Sequence[int], stamp: int

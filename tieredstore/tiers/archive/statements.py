@@ -261,6 +261,34 @@ def _pg_append_statement(with_ttl: bool, with_version: bool) -> sa.TextClause:
     )
 
 
+def _pg_mirror_statement(with_ttl: bool) -> sa.TextClause:
+    """PostgreSQL mirror of an append another tier made, as one statement.
+
+    It applies only to the stored generation, neither detached nor deleted,
+    when the write is newer than the row and lands after every stored seq
+    (the common case: the next write of a session this tier already holds).
+    No row back means another case: the caller then takes the transactional
+    path, which handles them all.
+    """
+    expiry = ":expires, ttl_ms = :ttl" if with_ttl else "NULL, ttl_ms = NULL"
+    return sa.text(
+        f"WITH s AS (UPDATE {SESSIONS.name} SET version = :version, "
+        "message_count = message_count + :n, next_seq = GREATEST(next_seq, :next_seq), "
+        f"updated_ms = GREATEST(updated_ms, :updated), expires_ms = {expiry}, "
+        "lead = CASE WHEN lead = message_count THEN lead + :batch_lead ELSE lead END "
+        "WHERE namespace = :ns AND session_id = :sid AND created_ms = :created "
+        "AND NOT detached AND (deleted_ms IS NULL OR deleted_ms <= :created) "
+        "AND version < :version AND next_seq <= :first "
+        "RETURNING month), "
+        f"m AS (INSERT INTO {MESSAGES.name} {_PG_COLUMNS} "
+        "SELECT :ns, :sid, :first + u.i, s.month, :updated, u.role, u.kind, u.payload, "
+        f"u.text FROM s, {_PG_UNNEST}) "
+        "SELECT month FROM s"
+    )
+
+
+_PG_MIRROR = {ttl: _pg_mirror_statement(ttl) for ttl in (False, True)}
+
 _PG_APPEND = {
     (ttl, version): _pg_append_statement(ttl, version)
     for ttl in (False, True)

@@ -28,6 +28,7 @@ from tieredstore.tiers.redis.errors import (
     used_memory,
 )
 from tieredstore.tiers.redis.keys import DEFAULT_BUCKETS
+from tieredstore.tiers.redis.multi import transaction_async
 from tieredstore.tiers.redis.plans import Plan
 from tieredstore.tiers.redis.records import (
     Call,
@@ -214,6 +215,8 @@ class AsyncRedisStore(RedisShared, AsyncBaseStore):
         client = self.client
         if isinstance(call, Call):
             return await self._eval(call)
+        if isinstance(call, Commands) and call.atomic:
+            return await transaction_async(client, call.commands)
         pipe = client.pipeline(transaction=False)
         if isinstance(call, Commands):
             for command in call.commands:

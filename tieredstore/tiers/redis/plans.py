@@ -447,14 +447,59 @@ class RedisOps:
     # -- reads --------------------------------------------------------------------
 
     def _read(self, sid: str, mode: str, last: int | None, sliding: bool = False) -> Plan[Any]:
+        """The read script's reply (see ``read.lua``) for ``mode``.
+
+        A read that extends no TTL needs no script on standalone Redis: the same
+        commands in one ``MULTI``/``EXEC`` are as atomic and cost the server far
+        less (the script copies the whole list into Lua and back).
+        """
         k = self.keys
         t = k.tag(sid)
+        if not sliding and not self.sharded:
+            return (yield from self._read_transaction(f"{t}m:{sid}", f"{t}h:{sid}", mode, last))
         reply = yield Call(
             "read",
             [f"{t}m:{sid}", f"{t}h:{sid}", t + "exp", f"{t}x:{sid}"],
             [sid, mode, opt(last), flag(sliding)],
         )
         return reply
+
+    def _read_transaction(self, m: str, h: str, mode: str, last: int | None) -> Plan[Any]:
+        """``read.lua`` without sliding, as one transaction; the same reply."""
+        commands: list[tuple[str | bytes | int, ...]] = [("TIME",)]
+        if mode == "get":
+            commands.append(("HGETALL", h))
+        else:
+            commands.append(("HMGET", h, "version", "expires", "ttl", "f"))
+        if mode in ("load", "get") and last != 0:
+            commands.append(("LRANGE", m, 0, -1) if last is None else ("LRANGE", m, -last, -1))
+        if mode in ("get", "count"):
+            commands.append(("LLEN", m))
+        replies = yield Commands(commands, atomic=True)
+        seconds, micros = replies[0]
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        if mode == "get":
+            flat = replies[1]
+            if isinstance(flat, dict):  # RESP3 replies with a map
+                flat = [item for pair in flat.items() for item in pair]
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            version, expires = fields.get(b"version"), fields.get(b"expires")
+            fence = fields.get(b"f")
+        else:
+            flat = None
+            version, expires, _, fence = replies[1]
+        if version is None or (expires is not None and int(expires) <= now_ms):
+            return [0]
+        if fence is not None:
+            return [2]
+        if mode == "exists":
+            return [1]
+        if mode == "count":
+            return [1, replies[2]]
+        entries = replies[2] if last != 0 else []
+        if mode == "load":
+            return [1, entries]
+        return [1, entries, flat, replies[-1]]
 
     def load(self, sid: str, last: int | None) -> Plan[list[Message]]:
         reply = yield from self._read(sid, "load", last, self.sliding_ttl)

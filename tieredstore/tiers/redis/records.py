@@ -6,7 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from tieredstore.codec import decode_json, decode_message, encode_json, entry_payload, split_entry
+from tieredstore.codec import (
+    decode_json,
+    decode_window,
+    encode_json,
+)
 from tieredstore.core import EMPTY_BATCH, Batch
 from tieredstore.errors import InvalidInput, SessionNotFound, VersionConflict
 from tieredstore.model import FrozenDict, Message
@@ -37,9 +41,15 @@ class Calls:
 @dataclass(frozen=True, slots=True)
 class Commands:
     """Plain commands sent together in one pipeline (one round trip); the reply
-    is the list of their replies."""
+    is the list of their replies.
+
+    ``atomic``: one ``MULTI``/``EXEC`` on one connection instead (Redis runs
+    the commands with nothing in between, as it runs a script); the replies
+    come as Redis sent them, unparsed, like a script's. Standalone Redis only.
+    """
 
     commands: list[tuple[str | bytes | int, ...]]
+    atomic: bool = False
 
 
 class Spilled(NamedTuple):
@@ -199,7 +209,7 @@ class Fenced:
 
 
 def messages_of(entries: Sequence[bytes]) -> list[Message]:
-    return [decode_message(entry_payload(entry)) for entry in entries]
+    return decode_window(entries).messages
 
 
 def metadata_of(pairs: Sequence[bytes], offset: int = 0) -> FrozenDict:
@@ -217,22 +227,13 @@ def snapshot_of(sid: str, entries: Sequence[bytes], flat: Sequence[bytes], count
             meta[name[2:].decode()] = decode_json(value)
         else:
             fields[name] = value
-    messages: list[Message] = []
-    seqs: list[int] = []
-    kinds: list[str] = []
-    nbytes = 0
-    for entry in entries:
-        kind, seq, _, payload = split_entry(entry)
-        messages.append(decode_message(payload))
-        seqs.append(seq)
-        kinds.append(kind)
-        nbytes += len(payload)
+    window = decode_window(entries)
     user = fields.get(b"user")
     return Snapshot(
         sid=sid,
-        messages=tuple(messages),
-        seqs=tuple(seqs),
-        kinds="".join(kinds),
+        messages=tuple(window.messages),
+        seqs=window.seqs,
+        kinds=window.kinds,
         metadata=FrozenDict(meta),
         user_id=user.decode() if user is not None else None,
         created_ms=int(fields[b"created"]),
@@ -242,7 +243,7 @@ def snapshot_of(sid: str, entries: Sequence[bytes], flat: Sequence[bytes], count
         ttl_ms=int_or_none(fields.get(b"ttl")),
         message_count=int(count),
         next_seq=int(fields.get(b"n", b"0")),
-        nbytes=nbytes,
+        nbytes=window.nbytes,
         base_seq=int(fields.get(b"b", b"0")),
     )
 

@@ -21,6 +21,7 @@ from tieredstore.tiers.redis.errors import (
     used_memory,
 )
 from tieredstore.tiers.redis.keys import DEFAULT_BUCKETS
+from tieredstore.tiers.redis.multi import transaction
 from tieredstore.tiers.redis.plans import Plan
 from tieredstore.tiers.redis.records import (
     Call,
@@ -122,6 +123,8 @@ class RedisStore(RedisShared, BaseStore):
         client = self.client
         if isinstance(call, Call):
             return self._eval(call)
+        if isinstance(call, Commands) and call.atomic:
+            return transaction(client, call.commands)
         pipe = client.pipeline(transaction=False)
         if isinstance(call, Commands):
             for command in call.commands:
