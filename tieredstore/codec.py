@@ -38,6 +38,18 @@ __all__ = [
 ]
 
 
+QUOTE_BYTES = 21
+"""What each ``"`` of an encoded message adds to its size once decoded: every
+string is an object of its own, and so is each object or array nesting them
+(fitted on chat messages, tool calls included; it errs on the large side)."""
+
+
+def resident_nbytes(payload: bytes) -> int:
+    """An estimate of the memory an encoded message takes once decoded, beyond
+    a fixed overhead per message (see :data:`QUOTE_BYTES`)."""
+    return len(payload) + QUOTE_BYTES * payload.count(b'"')
+
+
 def encode_json(value: Any) -> bytes:
     """Encode validated JSON; raises :class:`InvalidMessage` for what JSON can't hold."""
     try:
@@ -100,7 +112,7 @@ _payload = itemgetter(2)
 class Window:
     """Hot-tier entries decoded at once (see :func:`decode_window`)."""
 
-    __slots__ = ("_heads", "messages", "nbytes")
+    __slots__ = ("_heads", "messages", "nbytes")  # nbytes: see resident_nbytes
 
     def __init__(self, messages: list[Message], heads: list[bytes], nbytes: int) -> None:
         self.messages = messages
@@ -148,7 +160,8 @@ def decode_window(entries: Sequence[bytes]) -> Window:
                 for key, item in value.items():
                     if type(item) is dict or type(item) is list:
                         dict.__setitem__(message, key, freeze_json(item))
-    return Window(messages, list(map(_head, parts)), len(joined) - len(values) - 1)
+    nbytes = len(joined) - len(values) - 1 + QUOTE_BYTES * joined.count(b'"')
+    return Window(messages, list(map(_head, parts)), nbytes)
 
 
 def entry_seq(entry: bytes) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from tieredstore.codec import encode_json
+from tieredstore.codec import encode_json, resident_nbytes
 from tieredstore.config import Limits
 from tieredstore.errors import InvalidInput, InvalidMessage, InvalidSessionId, PayloadTooLarge
 from tieredstore.model import FrozenDict, Message, MessageLike, validate_json_object
@@ -80,7 +80,11 @@ def check_user_id(user_id: object, limits: Limits) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Messages validated, frozen and encoded once, ready for any tier."""
+    """Messages validated, frozen and encoded once, ready for any tier.
+
+    ``nbytes`` estimates the memory the messages take (see
+    :func:`~tieredstore.codec.resident_nbytes`), for the memory tier's bound.
+    """
 
     messages: tuple[Message, ...]
     payloads: tuple[bytes, ...]
@@ -100,7 +104,7 @@ def prepare_batch(messages: Iterable[MessageLike], limits: Limits) -> Batch:
     frozen: list[Message] = []
     payloads: list[bytes] = []
     kinds: list[str] = []
-    total = 0
+    total = resident = 0
     for index, raw in enumerate(messages):
         if len(frozen) >= limits.max_messages_per_call:
             raise PayloadTooLarge(f"more than {limits.max_messages_per_call} messages in one call")
@@ -114,12 +118,13 @@ def prepare_batch(messages: Iterable[MessageLike], limits: Limits) -> Batch:
                 f"message {index} is {len(payload)} bytes; the limit is {limits.max_message_bytes}"
             )
         total += len(payload)
+        resident += resident_nbytes(payload)
         if total > limits.max_call_bytes:
             raise PayloadTooLarge(f"the call exceeds {limits.max_call_bytes} bytes")
         frozen.append(message)
         payloads.append(payload)
         kinds.append(message_kind(message))
-    return Batch(tuple(frozen), tuple(payloads), "".join(kinds), total)
+    return Batch(tuple(frozen), tuple(payloads), "".join(kinds), resident)
 
 
 def prepare_metadata(metadata: Mapping[str, Any] | None, limits: Limits) -> FrozenDict | None:

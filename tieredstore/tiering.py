@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from tieredstore import instrumentation, metrics
-from tieredstore.codec import decode_cursor, encode_cursor, encode_json
+from tieredstore.codec import decode_cursor, encode_cursor, encode_json, resident_nbytes
 from tieredstore.coherence import Generation, SeenGenerations
 from tieredstore.config import Limits
 from tieredstore.core import (
@@ -49,7 +49,7 @@ from tieredstore.policy import message_kind, plan_trim
 from tieredstore.reconciling import Reconciler
 from tieredstore.reconciling import archive_op as _archive
 from tieredstore.reconciling import redis_op as _redis
-from tieredstore.tiers.memory import MemoryStore, SessionEntry, entry_size
+from tieredstore.tiers.memory import MESSAGE_OVERHEAD, MemoryStore, SessionEntry, entry_size
 from tieredstore.tiers.transfer import (
     HistoryPart,
     SessionFenced,
@@ -278,7 +278,7 @@ class TieredCore(Reconciler):
             version=receipt.version,
             expires_ms=receipt.expires_ms,
             ttl_ms=receipt.ttl_ms,
-            nbytes=entry.nbytes + batch.nbytes + 96 * len(batch),
+            nbytes=entry.nbytes + batch.nbytes + MESSAGE_OVERHEAD * len(batch),
             cached_at=entry.cached_at,
             next_seq=receipt.next_seq,
             seqs=seqs,
@@ -411,7 +411,7 @@ class TieredCore(Reconciler):
             seqs=tuple(keep),
             kinds="".join(message_kind(m) for m in messages),
             message_count=len(messages),
-            nbytes=sum(len(encode_json(m)) for m in messages),
+            nbytes=sum(resident_nbytes(encode_json(m)) for m in messages),
         )
 
     def _promote(self, snap: Snapshot) -> Plan[int]:

@@ -24,16 +24,18 @@ from sortedcontainers import SortedList
 
 from tieredstore import metrics
 from tieredstore.base import BaseStore
-from tieredstore.codec import decode_cursor, encode_cursor, encode_json
+from tieredstore.codec import decode_cursor, encode_cursor, encode_json, resident_nbytes
 from tieredstore.core import Batch, Order, check_positive_int, from_ms, merge_metadata, to_ms
 from tieredstore.errors import PayloadTooLarge, SessionExists, SessionNotFound, VersionConflict
 from tieredstore.model import EMPTY_METADATA, FrozenDict, Message, Page, Session
 from tieredstore.policy import plan_trim
 
-__all__ = ["MemoryStore", "SessionEntry"]
+__all__ = ["MESSAGE_OVERHEAD", "MemoryStore", "SessionEntry"]
 
 _ENTRY_OVERHEAD = 512
-_MESSAGE_OVERHEAD = 96
+MESSAGE_OVERHEAD = 192
+"""Bytes a cached message takes beyond :func:`~tieredstore.codec.resident_nbytes`
+of its encoding (its dict, its slot and seq in the entry), measured."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,7 @@ def _tail(messages: tuple[Message, ...], last: int | None) -> list[Message]:
 
 
 def entry_size(messages_nbytes: int, count: int) -> int:
-    return _ENTRY_OVERHEAD + messages_nbytes + count * _MESSAGE_OVERHEAD
+    return _ENTRY_OVERHEAD + messages_nbytes + count * MESSAGE_OVERHEAD
 
 
 class _EvictingLRU(LRUCache[str, SessionEntry]):
@@ -105,8 +107,10 @@ def _entry_nbytes(entry: SessionEntry) -> int:
 class MemoryStore(BaseStore):
     """A thread-safe in-process store bounded by ``max_bytes`` and ``max_entries``.
 
-    Sizes are estimated from the encoded message bytes plus a fixed per-entry
-    and per-message overhead. ``clock`` (seconds since the epoch) drives TTLs,
+    Sizes are estimated from the encoded messages (their bytes, and their
+    strings and nested objects, see :func:`~tieredstore.codec.resident_nbytes`)
+    plus a fixed per-entry and per-message overhead, so the process grows by
+    about the bound. ``clock`` (seconds since the epoch) drives TTLs,
     so tests can expire sessions without sleeping.
     """
 
@@ -483,8 +487,8 @@ class MemoryStore(BaseStore):
 
 
 def _approx_bytes(message: Message) -> int:
-    return len(encode_json(message))
+    return resident_nbytes(encode_json(message))
 
 
 def _payload_bytes(entry: SessionEntry) -> int:
-    return max(entry.nbytes - _ENTRY_OVERHEAD - len(entry.messages) * _MESSAGE_OVERHEAD, 0)
+    return max(entry.nbytes - _ENTRY_OVERHEAD - len(entry.messages) * MESSAGE_OVERHEAD, 0)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from tieredstore.codec import decode_cursor, decode_message, encode_cursor
+from tieredstore.codec import decode_cursor, decode_message, encode_cursor, resident_nbytes
 from tieredstore.core import Order, check_before, check_limit, from_ms
 from tieredstore.errors import SessionNotFound
 from tieredstore.model import Message, Page, Session
@@ -178,7 +178,7 @@ class ArchiveReads(ArchiveBase):
                 ttl_ms=row.ttl_ms,
                 message_count=row.message_count,
                 next_seq=row.next_seq,
-                nbytes=sum(len(r.payload) for r in rows),
+                nbytes=sum(resident_nbytes(r.payload) for r in rows),
                 base_seq=row.base_seq,
             )
 
