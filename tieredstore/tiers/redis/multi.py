@@ -10,6 +10,8 @@ replies on it; connection errors are retried as the client's own commands are.
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,9 +80,14 @@ async def transaction_async(
     async def exchange() -> Any:
         try:
             await conn.send_packed_command(packed)
-            for _ in range(len(commands) + 1):
-                await conn.read_response()
-            return await conn.read_response()
+            # One deadline for all the replies, not one timer per reply.
+            async with asyncio.timeout(conn.socket_timeout):
+                for _ in range(len(commands) + 1):
+                    await conn.read_response(timeout=math.inf)
+                return await conn.read_response(timeout=math.inf)
+        except TimeoutError as exc:
+            await conn.disconnect()
+            raise redis.exceptions.TimeoutError(f"no reply within {conn.socket_timeout} s") from exc
         except BaseException:
             await conn.disconnect()
             raise
