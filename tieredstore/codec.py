@@ -27,6 +27,7 @@ __all__ = [
     "decode_entry",
     "decode_json",
     "decode_message",
+    "decode_messages",
     "decode_window",
     "encode_cursor",
     "encode_entry",
@@ -137,21 +138,36 @@ class Window:
 
 
 def decode_window(entries: Sequence[bytes]) -> Window:
-    """Decode a list of hot-tier entries with one JSON parse for all of them.
-
-    The payloads are joined into one JSON array (each is a whole encoded
-    object, so the array holds exactly one value per entry) and the messages
-    are built without a Python call per message; only a message whose payload
-    may nest an object or an array is then frozen field by field.
-    """
+    """Decode a list of hot-tier entries with one JSON parse for all of them
+    (see :func:`decode_messages`)."""
     if not entries:
         return Window([], [], 0)
     parts = list(map(_split_entry, entries))
     payloads = list(map(_payload, parts))
     joined = b"[" + b",".join(payloads) + b"]"
+    messages = _decoded(payloads, joined)
+    nbytes = len(joined) - len(payloads) - 1 + QUOTE_BYTES * joined.count(b'"')
+    return Window(messages, list(map(_head, parts)), nbytes)
+
+
+def decode_messages(payloads: Sequence[bytes]) -> list[Message]:
+    """Decode stored messages (trusted: validated when written) with one JSON
+    parse for all of them.
+
+    The payloads are joined into one JSON array (each is a whole encoded
+    object, so the array holds exactly one value per payload) and the
+    messages are built without a Python call per message; only a message
+    whose payload may nest an object or an array is then frozen field by field.
+    """
+    if not payloads:
+        return []
+    return _decoded(payloads, b"[" + b",".join(payloads) + b"]")
+
+
+def _decoded(payloads: Sequence[bytes], joined: bytes) -> list[Message]:
     values = orjson.loads(joined)
-    if len(values) != len(entries):
-        raise InvalidMessage(f"{len(entries)} stored entries decoded to {len(values)} values")
+    if len(values) != len(payloads):
+        raise InvalidMessage(f"{len(payloads)} stored messages decoded to {len(values)} values")
     messages: list[Message] = list(map(dict.__new__, repeat(Message, len(values))))
     deque(map(dict.update, messages, values), maxlen=0)
     if joined.count(b"{") != len(values) or joined.find(b"[", 1, len(joined) - 1) != -1:
@@ -160,8 +176,7 @@ def decode_window(entries: Sequence[bytes]) -> Window:
                 for key, item in value.items():
                     if type(item) is dict or type(item) is list:
                         dict.__setitem__(message, key, freeze_json(item))
-    nbytes = len(joined) - len(values) - 1 + QUOTE_BYTES * joined.count(b'"')
-    return Window(messages, list(map(_head, parts)), nbytes)
+    return messages
 
 
 def entry_seq(entry: bytes) -> int:

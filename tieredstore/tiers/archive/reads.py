@@ -6,7 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from tieredstore.codec import decode_cursor, decode_message, encode_cursor, resident_nbytes
+from tieredstore.codec import (
+    decode_cursor,
+    decode_message,
+    decode_messages,
+    encode_cursor,
+    resident_nbytes,
+)
 from tieredstore.core import Order, check_before, check_limit, from_ms
 from tieredstore.errors import SessionNotFound
 from tieredstore.model import Message, Page, Session
@@ -56,7 +62,7 @@ class ArchiveReads(ArchiveBase):
             else:
                 params["last"] = last
                 rows = conn.execute(_SEQ_PAYLOADS_LAST, params).all()[::-1]
-            return row, [decode_message(r.payload) for r in rows], tuple(r.seq for r in rows)
+            return row, decode_messages([r.payload for r in rows]), tuple(r.seq for r in rows)
 
         return (
             yield from self._transaction(
@@ -77,7 +83,7 @@ class ArchiveReads(ArchiveBase):
                 payloads = conn.execute(_LIVE_PAYLOADS_LAST, params).scalars().all()[::-1]
             if not payloads and conn.execute(_EXISTS, params).first() is None:
                 raise SessionNotFound(sid)
-            return [decode_message(p) for p in payloads]
+            return decode_messages(payloads)
 
         return (yield from self._transaction(work, "single", read=True))
 
@@ -166,7 +172,7 @@ class ArchiveReads(ArchiveBase):
                 rows = conn.execute(_SNAPSHOT_LAST, params).all()[::-1]
             return Snapshot(
                 sid=sid,
-                messages=tuple(decode_message(r.payload) for r in rows),
+                messages=tuple(decode_messages([r.payload for r in rows])),
                 seqs=tuple(r.seq for r in rows),
                 kinds="".join(r.kind for r in rows),
                 metadata=_frozen(row.metadata),
