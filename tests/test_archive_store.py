@@ -22,10 +22,10 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import FakeClock
-from tieredstore import ArchiveStore, BackendUnavailable, InvalidInput, SchemaNotReady
+from tieredstore import ArchiveStore, BackendUnavailable, InvalidInput, SchemaNotReady, schema
+from tieredstore.codec import resident_nbytes
 from tieredstore.core import prepare_batch
 from tieredstore.model import FrozenDict
-from tieredstore import schema
 from tieredstore.schema import MESSAGES, SESSIONS, normalize_url
 from tieredstore.tiers.transfer import SessionFenced, WriteReceipt
 
@@ -453,7 +453,7 @@ def test_snapshot_and_history_pages(store: ArchiveStore) -> None:
     assert snap.kinds == "mmm"
     assert (snap.message_count, snap.next_seq, snap.version) == (10, 10, 1)
     assert snap.metadata == {"t": 1} and snap.user_id == "u"
-    assert snap.nbytes == sum(len(orjson.dumps(m)) for m in snap.messages)
+    assert snap.nbytes == sum(resident_nbytes(orjson.dumps(m)) for m in snap.messages)
     assert not snap.complete
     page = pairs(store.history_page("s1", None, 4))
     assert page == [(i, msg(i)) for i in range(6, 10)]

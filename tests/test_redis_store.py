@@ -37,7 +37,7 @@ from tieredstore import (
     RedisStore,
     SessionNotFound,
 )
-from tieredstore.codec import decode_entry, encode_json
+from tieredstore.codec import decode_entry, encode_json, resident_nbytes
 from tieredstore.coherence import decode_invalidation
 from tieredstore.core import Batch, prepare_batch
 from tieredstore.policy import leading_system, plan_trim
@@ -695,7 +695,7 @@ def test_snapshot_reads_the_window_with_its_bookkeeping(make: Any, client: redis
     whole, tail, none = snap(store, "s"), snap(store, "s", 2), snap(store, "s", 0)
     assert whole.messages == (system("rules"), *(user(f"m{i}") for i in range(2, 6)))
     assert (whole.seqs, whole.kinds) == ((0, 3, 4, 5, 6), "smmmm")
-    assert whole.nbytes == sum(len(encode_json(m)) for m in whole.messages)
+    assert whole.nbytes == sum(resident_nbytes(encode_json(m)) for m in whole.messages)
     assert (whole.message_count, whole.next_seq, whole.base_seq) == (5, 7, 0)
     assert (whole.user_id, whole.metadata, whole.version) == ("ann", {"title": "T"}, 1)
     assert whole.ttl_ms == 60_000 and whole.expires_ms == client.pexpiretime(store.keys.meta("s"))
