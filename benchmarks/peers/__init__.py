@@ -1,0 +1,1 @@
+"""Parts of :mod:`benchmarks.bench_peers`: conversations, timing, counting, contestants."""
