@@ -137,9 +137,28 @@ class Window:
         return tuple(int(head[1:]) for head in heads)
 
 
+_PASS = 256
+"""Entries decoded per pass: a pass over a few hundred stays in the CPU's
+caches, one over a whole long history (megabytes) does not."""
+
+
 def decode_window(entries: Sequence[bytes]) -> Window:
-    """Decode a list of hot-tier entries with one JSON parse for all of them
-    (see :func:`decode_messages`)."""
+    """Decode a list of hot-tier entries with one JSON parse per few hundred
+    of them (see :func:`decode_messages`)."""
+    if len(entries) <= _PASS:
+        return _decode_pass(entries)
+    messages: list[Message] = []
+    heads: list[bytes] = []
+    nbytes = 0
+    for first in range(0, len(entries), _PASS):
+        part = _decode_pass(entries[first : first + _PASS])
+        messages += part.messages
+        heads += part._heads
+        nbytes += part.nbytes
+    return Window(messages, heads, nbytes)
+
+
+def _decode_pass(entries: Sequence[bytes]) -> Window:
     if not entries:
         return Window([], [], 0)
     parts = list(map(_split_entry, entries))
@@ -152,16 +171,18 @@ def decode_window(entries: Sequence[bytes]) -> Window:
 
 def decode_messages(payloads: Sequence[bytes]) -> list[Message]:
     """Decode stored messages (trusted: validated when written) with one JSON
-    parse for all of them.
+    parse per few hundred of them.
 
     The payloads are joined into one JSON array (each is a whole encoded
     object, so the array holds exactly one value per payload) and the
     messages are built without a Python call per message; only a message
     whose payload may nest an object or an array is then frozen field by field.
     """
-    if not payloads:
-        return []
-    return _decoded(payloads, b"[" + b",".join(payloads) + b"]")
+    messages: list[Message] = []
+    for first in range(0, len(payloads), _PASS):
+        part = payloads[first : first + _PASS]
+        messages += _decoded(part, b"[" + b",".join(part) + b"]")
+    return messages
 
 
 def _decoded(payloads: Sequence[bytes], joined: bytes) -> list[Message]:
