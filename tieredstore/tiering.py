@@ -437,11 +437,25 @@ class TieredCore(Reconciler):
         if full:
             history = yield from self.history_all(sid)
             return history[-last:] if last else ([] if last == 0 else history)
+        if self.memory is None and self.has_redis and not self.sliding_ttl:
+            hot = yield from self._redis_messages(sid, last)
+            if hot is not None:
+                return hot
         found, _ = yield from self._read(sid, last)
         messages = found.messages
         if last is None:
             return list(messages)
         return list(messages[-last:]) if last else []
+
+    def _redis_messages(self, sid: str, last: int | None) -> Plan[list[Message] | None]:
+        """Only the messages, from Redis, for a store with no memory tier to fill
+        (a lighter read than the snapshot); ``None`` when :meth:`_read` must decide."""
+        try:
+            messages: list[Message] = yield from self._redis_call("load", sid, last=last)
+        except (SessionNotFound, SessionFenced, BackendUnavailable):
+            return None
+        self.stats["redis"].hits += 1
+        return messages
 
     def count(self, sid: str) -> Plan[int]:
         found, _ = yield from self._read(sid, 0)
