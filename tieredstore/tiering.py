@@ -330,7 +330,19 @@ class TieredCore(Reconciler):
 
     # -- reading ------------------------------------------------------------------------
 
-    def _read(self, sid: str, last: int | None) -> Plan[tuple[Snapshot | SessionEntry, str]]:
+    def _read(
+        self,
+        sid: str,
+        last: int | None,
+        redis_down: BackendUnavailable | None = None,
+        *,
+        missed: bool = False,
+    ) -> Plan[tuple[Snapshot | SessionEntry, str]]:
+        """The session from the first tier holding it (promoting it upward).
+
+        Redis is not asked again when this read just found it down
+        (``redis_down``) or found the session missing there (``missed``).
+        """
         entry = self._memory_get(sid)
         if entry is not None:
             self.stats["memory"].hits += 1
@@ -339,9 +351,10 @@ class TieredCore(Reconciler):
             return entry, "memory"
         if self.memory is not None:
             self.stats["memory"].misses += 1
-        redis_down: BackendUnavailable | None = None
         fenced = False
-        if self.has_redis:
+        if missed:
+            self.stats["redis"].misses += 1
+        elif self.has_redis and redis_down is None:
             fetch_last = None if self.memory is not None else last
             snap = None
             for _ in range(_ATTEMPTS):
@@ -437,25 +450,26 @@ class TieredCore(Reconciler):
         if full:
             history = yield from self.history_all(sid)
             return history[-last:] if last else ([] if last == 0 else history)
+        redis_down: BackendUnavailable | None = None
+        missed = False
         if self.memory is None and self.has_redis and not self.sliding_ttl:
-            hot = yield from self._redis_messages(sid, last)
-            if hot is not None:
+            # No memory tier to fill: only the messages, a lighter read than the snapshot.
+            try:
+                hot: list[Message] = yield from self._redis_call("load", sid, last=last)
+            except SessionNotFound:
+                missed = True
+            except BackendUnavailable as exc:
+                redis_down = exc
+            except SessionFenced:
+                pass  # the snapshot read below reconciles
+            else:
+                self.stats["redis"].hits += 1
                 return hot
-        found, _ = yield from self._read(sid, last)
+        found, _ = yield from self._read(sid, last, redis_down, missed=missed)
         messages = found.messages
         if last is None:
             return list(messages)
         return list(messages[-last:]) if last else []
-
-    def _redis_messages(self, sid: str, last: int | None) -> Plan[list[Message] | None]:
-        """Only the messages, from Redis, for a store with no memory tier to fill
-        (a lighter read than the snapshot); ``None`` when :meth:`_read` must decide."""
-        try:
-            messages: list[Message] = yield from self._redis_call("load", sid, last=last)
-        except (SessionNotFound, SessionFenced, BackendUnavailable):
-            return None
-        self.stats["redis"].hits += 1
-        return messages
 
     def count(self, sid: str) -> Plan[int]:
         found, _ = yield from self._read(sid, 0)
