@@ -165,7 +165,7 @@ def _decode_pass(entries: Sequence[bytes]) -> Window:
     payloads = list(map(_payload, parts))
     joined = b"[" + b",".join(payloads) + b"]"
     messages = _decoded(payloads, joined)
-    nbytes = len(joined) - len(payloads) - 1 + QUOTE_BYTES * joined.count(b'"')
+    nbytes = resident_nbytes(joined) - len(payloads) - 1  # less the brackets and commas
     return Window(messages, list(map(_head, parts)), nbytes)
 
 

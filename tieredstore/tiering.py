@@ -49,7 +49,13 @@ from tieredstore.policy import message_kind, plan_trim
 from tieredstore.reconciling import Reconciler
 from tieredstore.reconciling import archive_op as _archive
 from tieredstore.reconciling import redis_op as _redis
-from tieredstore.tiers.memory import MESSAGE_OVERHEAD, MemoryStore, SessionEntry, entry_size
+from tieredstore.tiers.memory import (
+    MESSAGE_OVERHEAD,
+    MemoryStore,
+    SessionEntry,
+    entry_size,
+    newest,
+)
 from tieredstore.tiers.transfer import (
     HistoryPart,
     SessionFenced,
@@ -216,9 +222,7 @@ class TieredCore(Reconciler):
             entry = self._memory_get(sid)
             if entry is not None and not (self.sliding_ttl and entry.ttl_ms is not None):
                 self.stats["memory"].hits += 1
-                if last is None:
-                    return list(entry.messages)
-                return list(entry.messages[-last:]) if last else []
+                return newest(entry.messages, last)
         return self.load(check_session_id(sid, self.limits), check_last(last), full)
 
     def _memory_fill(self, snapshot: Snapshot) -> None:
@@ -466,10 +470,7 @@ class TieredCore(Reconciler):
                 self.stats["redis"].hits += 1
                 return hot
         found, _ = yield from self._read(sid, last, redis_down, missed=missed)
-        messages = found.messages
-        if last is None:
-            return list(messages)
-        return list(messages[-last:]) if last else []
+        return newest(found.messages, last)
 
     def count(self, sid: str) -> Plan[int]:
         found, _ = yield from self._read(sid, 0)

@@ -58,7 +58,7 @@ class SessionEntry:
     """The seq of each message (empty if the tier that filled the entry had none)."""
 
     def session(self, sid: str, last: int | None, tier: Any = "memory") -> Session:
-        messages = _tail(self.messages, last)
+        messages = newest(self.messages, last)
         seqs = self.seqs[len(self.messages) - len(messages) :]
         if len(self.seqs) != len(self.messages):
             seqs = ()
@@ -77,7 +77,8 @@ class SessionEntry:
         )
 
 
-def _tail(messages: tuple[Message, ...], last: int | None) -> list[Message]:
+def newest(messages: tuple[Message, ...], last: int | None) -> list[Message]:
+    """A copy of the newest ``last`` messages (all of them for ``None``)."""
     if last is None:
         return list(messages)
     if last == 0:
@@ -141,11 +142,13 @@ class MemoryStore(BaseStore):
     def _now_ms(self) -> int:
         return to_ms(self.clock())
 
-    def _live(self, sid: str, now_ms: int) -> SessionEntry | None:
+    def _live(self, sid: str, now_ms: int | None = None) -> SessionEntry | None:
+        """The entry if it is live at ``now_ms`` (read from the clock only when the
+        entry can expire: a memory-tier hit reads this)."""
         entry = self._cache.get(sid)
-        if entry is None:
-            return None
-        if entry.expires_ms is not None and entry.expires_ms <= now_ms:
+        if entry is None or entry.expires_ms is None:
+            return entry
+        if entry.expires_ms <= (self._now_ms() if now_ms is None else now_ms):
             self._remove(sid)
             return None
         return entry
@@ -334,7 +337,7 @@ class MemoryStore(BaseStore):
             return entry
 
     def _load(self, sid: str, last: int | None) -> list[Message]:
-        return _tail(self._read(sid).messages, last)
+        return newest(self._read(sid).messages, last)
 
     def _get(self, sid: str, last: int | None) -> Session:
         return self._read(sid).session(sid, last)
@@ -345,7 +348,7 @@ class MemoryStore(BaseStore):
 
     def _exists(self, sid: str) -> bool:
         with self._lock:
-            return self._live(sid, self._now_ms()) is not None
+            return self._live(sid) is not None
 
     def _merge_metadata(self, sid: str, updates: FrozenDict) -> FrozenDict:
         with self._lock:
@@ -422,11 +425,7 @@ class MemoryStore(BaseStore):
     def peek(self, sid: str) -> SessionEntry | None:
         """The live entry for ``sid`` without validation (``None`` on a miss)."""
         with self._lock:
-            entry = self._cache.get(sid)
-            if entry is None or entry.expires_ms is None or entry.expires_ms > self._now_ms():
-                return entry
-            self._remove(sid)
-            return None
+            return self._live(sid)
 
     def put_entry(self, sid: str, entry: SessionEntry) -> bool:
         """Cache a snapshot taken from another tier; ``False`` if it cannot fit."""
